@@ -1,0 +1,89 @@
+"""Reading images into the one layout ovss works on: an (H, W, 3) uint8 RGB numpy array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InputError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """Return ``image`` as an (H, W, 3) uint8 RGB array.
+
+    Args:
+        image: a file path, a PIL image (any mode) or an (H, W, 3) / (H, W) uint8 array in RGB
+            order.
+
+    Files are decoded with OpenCV, as the official mmseg pipelines do (``cv2.imread``, EXIF
+    orientation applied), so JPEG decoding matches the reference numbers; formats OpenCV cannot
+    read fall back to Pillow.
+
+    Raises:
+        InputError: the file is missing or is not a readable image, or the array has the
+            wrong shape or dtype.
+    """
+    if isinstance(image, (str, Path)):
+        return _read_file(Path(image))
+    if isinstance(image, Image.Image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise InputError(f"image array must be (H, W, 3) RGB, got shape {tuple(image.shape)}")
+        if arr.dtype != np.uint8:
+            raise InputError(f"image array must be uint8 (0-255), got dtype {arr.dtype}")
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise InputError(f"image array is empty: shape {tuple(image.shape)}")
+        return np.ascontiguousarray(arr[:, :, :3])
+    raise InputError(
+        f"cannot read an image from a {type(image).__name__}: pass a file path, a PIL image "
+        "or an (H, W, 3) uint8 RGB array"
+    )
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"image file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file")
+    data = np.fromfile(str(path), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is not None:
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    try:
+        with Image.open(path) as im:
+            return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+    except Exception as exc:  # PIL raises several types for broken files
+        raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
+                         "is it a JPEG/PNG/... file?") from None
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files.
+
+    Raises:
+        InputError: a path does not exist, or a folder holds no image.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(f"image file not found: {p}")
+    return out

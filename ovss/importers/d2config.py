@@ -1,0 +1,72 @@
+"""Reading detectron2-style configs without detectron2: YAML with ``_BASE_`` chains, or JSON.
+
+The result is a plain nested dict; :func:`cfg_get` reads a dotted key with a default, so an
+importer can fall back to the paper's released configuration for anything the file omits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Load a detectron2 YAML (resolving ``_BASE_`` relative to each file) or a JSON file.
+
+    A JSON file may be nested or hold dotted keys (``{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 171}``).
+
+    Raises:
+        InputError: the file or one of its bases is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot parse config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config {path} is not a mapping")
+    if any("." in k for k in data):
+        data = _merge(_nest({k: v for k, v in data.items() if "." in k}),
+                      {k: v for k, v in data.items() if "." not in k})
+    base = data.pop("_BASE_", None)
+    if base:
+        data = _merge(load_config(path.parent / base), data)
+    return data
+
+
+def cfg_get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
+    """``cfg_get(cfg, "MODEL.MASK_FORMER.HIDDEN_DIM", 256)``: a dotted lookup with a default."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node

@@ -1,0 +1,1 @@
+"""One module per method; each defines a :class:`ovss.segmenter.Segmenter` subclass."""

@@ -1,0 +1,70 @@
+"""The method registry: one line per method, importing its module only when it is used."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UnknownNameError, did_you_mean
+from .segmenter import Segmenter
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    module: str  # module under ovss.methods
+    cls: str
+    paper: str
+    summary: str
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def _add(name: str, module: str, cls: str, paper: str, summary: str) -> None:
+    _METHODS[name] = MethodInfo(name, module, cls, paper, summary)
+
+
+_add("vanilla", "vanilla", "VanillaCLIP", "Radford et al., ICML 2021 (CLIP); dense baseline as in ClearCLIP, ECCV 2024",
+     "unmodified CLIP patch tokens")
+_add("maskclip", "maskclip", "MaskCLIP", "Zhou et al., ECCV 2022 (MaskCLIP)", "value-embedding path of the last block")
+_add("sclip", "sclip", "SCLIP", "Wang et al., ECCV 2024 (SCLIP)", "correlative self-attention q-q + k-k")
+_add("clearclip", "clearclip", "ClearCLIP", "Lan et al., ECCV 2024 (ClearCLIP)", "q-q attention, no residual, no FFN")
+_add("naclip", "naclip", "NACLIP", "Hajimiri et al., WACV 2025 (NACLIP)", "k-k attention + Gaussian neighbourhood, PAMR")
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods, in registry order."""
+    return list(_METHODS)
+
+
+def method_info(name: str) -> MethodInfo:
+    """Registry entry of ``name``.
+
+    Raises:
+        UnknownNameError: no such method.
+    """
+    if name not in _METHODS:
+        raise UnknownNameError(f"unknown method {name!r}.{did_you_mean(name, list(_METHODS))} "
+                               f"Available: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_class(name: str) -> type[Segmenter]:
+    info = method_info(name)
+    module = importlib.import_module(f"ovss.methods.{info.module}")
+    return getattr(module, info.cls)
+
+
+def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
+    """Build the segmenter of ``method`` (see :func:`available_methods`) with its keyword options.
+
+    Common options: ``model``, ``pretrained``, ``dataset`` (official protocol and class file),
+    ``device``; each method's class documents the rest.
+
+    Raises:
+        UnknownNameError: unknown method, model, tag or dataset protocol.
+        ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
+    """
+    return method_class(method)(**kwargs)

@@ -1,0 +1,86 @@
+"""The one interface every method implements: :class:`Segmenter` and :class:`SegmentationResult`."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .imageio import ImageInput
+from .vocabulary import ClassesInput, Vocabulary
+
+
+@dataclass
+class SegmentationResult:
+    """What :meth:`Segmenter.predict` returns for one image.
+
+    Attributes:
+        logits: float32 (C, H, W) final per-class scores at the original image size (for the
+            CLIP family: probabilities after the softmax over queries and the max over
+            synonyms; each method's docstring says what its scores are).
+        labels: int64 (H, W) label map, values in [0, C).
+        classes: (C,) class display names, in channel order.
+        background: index of the background class, or None.
+        settings: every setting that produced the result (method, model, protocol, ...), JSON-able.
+        extras: method-specific outputs (e.g. panoptic segments), JSON-able or tensors.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    background: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def pixel_share(self) -> dict[str, float]:
+        """Fraction of pixels (0-1) labelled with each class, in class order."""
+        counts = torch.bincount(self.labels.reshape(-1), minlength=len(self.classes)).double()
+        share = (counts / max(self.labels.numel(), 1)).tolist()
+        return {name: float(s) for name, s in zip(self.classes, share)}
+
+    def labels_numpy(self) -> np.ndarray:
+        """(H, W) label map as a numpy array (uint8 when C <= 256, else int32)."""
+        dtype = np.uint8 if len(self.classes) <= 256 else np.int32
+        return self.labels.cpu().numpy().astype(dtype)
+
+
+class Segmenter(abc.ABC):
+    """Base class of every method.
+
+    Subclasses set ``method`` (registry name) and ``paper`` (citation) and implement
+    :meth:`predict`. Construction loads the weights; ``predict`` may be called many times, with
+    the same or different classes.
+    """
+
+    method: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @abc.abstractmethod
+    def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
+                background: list[str] | str | None = None,
+                prob_threshold: float | None = None) -> SegmentationResult:
+        """Segment one image.
+
+        Args:
+            image: a file path, a PIL image or an (H, W, 3) uint8 RGB array.
+            classes: the class names (see :func:`ovss.vocabulary.parse_classes`), or None to
+                use the dataset protocol's class file (an error when no dataset was given).
+            background: words that score the background class (overrides the protocol).
+            prob_threshold: pixels whose top class score is below this become background.
+
+        Returns:
+            The scores and label map at the image's original size.
+
+        Raises:
+            InputError: unreadable image, empty or duplicate class list.
+        """
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting of this segmenter, JSON-able (written to the CLI's JSON report)."""
+        return {"method": self.method, "device": str(self.device)}
