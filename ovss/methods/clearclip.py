@@ -1,0 +1,32 @@
+"""ClearCLIP: q-q attention with the residual and FFN of the last block removed.
+
+Source: Lan et al., "ClearCLIP: Decomposing CLIP Representations for Dense Vision-Language
+Inference", ECCV 2024, Sec. 4 (Eq. 7); ``mc-lan/ClearCLIP``
+``open_clip/transformer.py::VisionTransformer.custom_attn`` with ``model_type='ClearCLIP'``,
+``ignore_residual=True``: tokens = ``out_proj(softmax(q q^T s) v)``. Crops are zero-padded
+(centred) to a multiple of the patch size (``clearclip_segmentor.py::compute_padsize``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones.vit_dense import merge_heads, split_heads
+from .clip_dense import DenseCLIPSegmenter
+from .sclip import self_self_attention
+
+
+class ClearCLIP(DenseCLIPSegmenter):
+    """ClearCLIP (protocols: ``mc-lan/ClearCLIP`` ``configs/cfg_*.py``).
+
+    Args: see :class:`ovss.methods.clip_dense.DenseCLIPSegmenter`.
+    """
+
+    method = "clearclip"
+    paper = "Lan et al., ECCV 2024 (ClearCLIP)"
+    family = "clearclip"
+
+    def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        q, _, v = split_heads(block, block.ln_1(x))
+        return merge_heads(block, self_self_attention(q, q.shape[-1] ** -0.5) @ v)

@@ -1,0 +1,37 @@
+"""SCLIP: correlative self-attention in CLIP's last block.
+
+Source: Wang et al., "SCLIP: Rethinking Self-Attention for Dense Vision-Language Inference",
+ECCV 2024, Sec. 3.2 (Eq. 5); ``wangf3014/SCLIP`` ``clip/model.py::VisionTransformer.custom_attn``
+with ``csa=True``: attention ``softmax(q q^T s) + softmax(k k^T s)`` per head (s = d^-1/2, CLS
+included); the block keeps its residual and FFN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
+from .clip_dense import DenseCLIPSegmenter
+
+
+def self_self_attention(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q q^T * scale) over the last axis; q (B, H, T, d) -> (B, H, T, T)."""
+    return torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
+
+
+class SCLIP(DenseCLIPSegmenter):
+    """SCLIP (protocols: ``wangf3014/SCLIP`` ``configs/cfg_*.py``; VOC21 adds the area filter).
+
+    Args: see :class:`ovss.methods.clip_dense.DenseCLIPSegmenter`.
+    """
+
+    method = "sclip"
+    paper = "Wang et al., ECCV 2024 (SCLIP)"
+    family = "sclip_naclip"
+
+    def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        q, k, v = split_heads(block, block.ln_1(x))
+        s = q.shape[-1] ** -0.5
+        attn = self_self_attention(q, s) + self_self_attention(k, s)
+        return residual_ffn(block, x, merge_heads(block, attn @ v))
