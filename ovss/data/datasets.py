@@ -1,0 +1,460 @@
+"""The standard OVSS benchmarks: class names, label conventions and on-disk layouts.
+
+Each benchmark is a :class:`DatasetSpec`: its classes (label ``k`` is class ``k`` after the
+dataset's label reduction), its ignore index, and one or more :class:`Layout` s, i.e. the folder
+trees that the usual preparation scripts leave (mmsegmentation's ``tools/dataset_converters`` and
+the SCLIP ``cvt_coco_object.py`` converter for the SCLIP family; detectron2-style
+``prepare_*.py`` scripts of FC-CLIP, CAT-Seg and Mask2Former for the trained methods and the
+16-bit TIFF datasets). :func:`open_dataset` checks a data root against the layouts and returns an
+:class:`EvalDataset` that lists the image/label pairs and reads them.
+
+Label conventions (``/work/shared/reference/training-free-methods.md`` §1.6, mmseg 1.x
+``BaseSegDataset`` / ``LoadAnnotations``; detectron2 ``SemSegEvaluator``):
+
+* labels are read as stored (Pillow, palette indices for VOC PNGs, uint16 for TIFF);
+* ``reduce_zero_label`` (VOC20, Context59, ADE20K in the mmseg layout): 0 -> ignore, every other
+  label minus 1 (mmseg ``LoadAnnotations``: ``0 -> 255; x - 1; 254 -> 255``);
+* the ignore index is 255, or 65535 for the 16-bit TIFF datasets (ADE-847, Context-459).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DatasetError, UnknownNameError, did_you_mean
+
+DOCS = "docs/datasets.md"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One on-disk layout of a benchmark's evaluation split, relative to ``--data-root``.
+
+    Attributes:
+        name: short name (``mmseg``, ``detectron2``, ``catseg``).
+        root_hint: the folder that ``--data-root`` should point at (e.g. ``VOCdevkit/VOC2012``).
+        image_dir: folder of the images.
+        label_dir: folder of the label maps.
+        image_suffix: image file name ending (``.jpg``, ``_leftImg8bit.png``).
+        label_suffix: label file name ending (``.png``, ``_gtFine_labelTrainIds.png``, ``.tif``).
+        index: how the image list is made: ``"split"`` (ids listed in ``split_file``, mmseg
+            ``ann_file``), ``"images"`` (every image under ``image_dir``, mmseg without
+            ``ann_file``) or ``"labels"`` (every label under ``label_dir``, detectron2
+            ``load_sem_seg``).
+        split_file: the id list for ``index="split"``.
+        reduce_zero_label: apply mmseg's zero-label reduction to the stored labels.
+        recursive: images live in sub-folders (Cityscapes cities); ids keep the sub-folder.
+        prepared_by: which script leaves this layout (for the error messages and docs).
+    """
+
+    name: str
+    root_hint: str
+    image_dir: str
+    label_dir: str
+    image_suffix: str
+    label_suffix: str
+    index: str = "images"
+    split_file: str | None = None
+    reduce_zero_label: bool = False
+    recursive: bool = False
+    prepared_by: str = ""
+
+    def tree(self) -> str:
+        """One-line description of the expected files, e.g. ``JPEGImages/<id>.jpg, ...``."""
+        sub = "<city>/" if self.recursive else ""
+        parts = [f"{self.image_dir}/{sub}<id>{self.image_suffix}",
+                 f"{self.label_dir}/{sub}<id>{self.label_suffix}"]
+        if self.split_file:
+            parts.append(f"{self.split_file} (one <id> a line)")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark: its classes, label convention and accepted layouts.
+
+    Attributes:
+        name: the ``--dataset`` name (also the protocol name passed to ``create_segmenter``).
+        title: human-readable split description.
+        classes: (C,) display names; label ``k`` (after reduction) is ``classes[k]``.
+        ignore_index: label value that is not scored (255, or 65535 for 16-bit TIFF labels).
+        layouts: accepted layouts, in the order they are tried.
+        num_images: size of the full evaluation split (a warning is given when the found
+            count differs).
+        background: index of the background class, or None.
+        unseen: names of the unseen classes of the zero-shot split (seen = the others), or ().
+        label_dtype: dtype the labels are stored in (uint8 PNG or uint16 TIFF).
+    """
+
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    ignore_index: int
+    layouts: tuple[Layout, ...]
+    num_images: int
+    background: int | None = None
+    unseen: tuple[str, ...] = ()
+    label_dtype: str = "uint8"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def unseen_indices(self) -> list[int]:
+        """Class indices of the unseen classes (empty when the dataset has no zero-shot split)."""
+        return [self.classes.index(n) for n in self.unseen]
+
+    def layout(self, name: str) -> Layout:
+        """The layout called ``name``.
+
+        Raises:
+            UnknownNameError: no such layout for this dataset.
+        """
+        names = [lay.name for lay in self.layouts]
+        if name not in names:
+            raise UnknownNameError(f"dataset {self.name} has no layout {name!r}."
+                                   f"{did_you_mean(name, names)} Layouts: {', '.join(names)}")
+        return self.layouts[names.index(name)]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation image: its id (relative path without suffix), image and label paths."""
+
+    id: str
+    image: Path
+    label: Path
+
+
+@lru_cache(maxsize=1)
+def _class_lists() -> dict[str, list[str]]:
+    text = resources.files("ovss").joinpath("data/dataset_classes.json").read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+# --- layouts --------------------------------------------------------------------------------
+
+_VOC12 = "VOCdevkit/VOC2012"
+_VOC10 = "VOCdevkit/VOC2010"
+_MMSEG = "mmseg tools/dataset_converters"
+
+
+def _voc_mmseg(reduce: bool) -> Layout:
+    return Layout("mmseg", _VOC12, "JPEGImages", "SegmentationClass", ".jpg", ".png", "split",
+                  "ImageSets/Segmentation/val.txt", reduce,
+                  prepared_by="the VOC2012 trainval tar as released")
+
+
+def _context_mmseg(reduce: bool) -> Layout:
+    return Layout("mmseg", _VOC10, "JPEGImages", "SegmentationClassContext", ".jpg", ".png", "split",
+                  "ImageSets/SegmentationContext/val.txt", reduce,
+                  prepared_by=f"{_MMSEG}/pascal_context.py")
+
+
+def _d2(root: str, image_dir: str, label_dir: str, suffix: str, by: str) -> Layout:
+    return Layout("detectron2", root, image_dir, label_dir, ".jpg", suffix, "labels", prepared_by=by)
+
+
+_COCO_MMSEG = dict(root_hint="coco_stuff164k", image_dir="images/val2017", label_dir="annotations/val2017",
+                   image_suffix=".jpg", index="images")
+
+
+def _specs() -> dict[str, DatasetSpec]:
+    cls = {k: tuple(v) for k, v in _class_lists().items()}
+    voc_unseen = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")  # ZS3/CaGNet 15/5 split
+    coco_unseen = ("cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors",
+                   "cardboard", "clouds", "grass", "playingfield", "river", "road", "tree",
+                   "wall-concrete")  # SPNet/ZS3 split used by ZSSeg, ZegFormer (156 seen / 15 unseen)
+    specs = [
+        DatasetSpec("voc21", "PASCAL VOC 2012 val, 20 classes + background", cls["voc21"], 255, (
+            _voc_mmseg(False),
+            _d2("pascal_voc_d2", "images/validation", "annotations_pascal21/validation", ".png",
+                "FC-CLIP datasets/prepare_pascal_voc_sem_seg.py"),
+        ), 1449, background=0),
+        DatasetSpec("voc20", "PASCAL VOC 2012 val, 20 classes, background ignored", cls["voc20"], 255, (
+            _voc_mmseg(True),
+            _d2("pascal_voc_d2", "images/validation", "annotations_pascal20/validation", ".png",
+                "FC-CLIP datasets/prepare_pascal_voc_sem_seg.py"),
+        ), 1449, unseen=voc_unseen),
+        DatasetSpec("context60", "PASCAL Context (VOC2010) val, 59 classes + background", cls["context60"],
+                    255, (_context_mmseg(False),), 5105, background=0),
+        DatasetSpec("context59", "PASCAL Context (VOC2010) val, 59 classes, background ignored",
+                    cls["context59"], 255, (
+                        _context_mmseg(True),
+                        Layout("catseg", _VOC10, "JPEGImages", "annotations_detectron2/pc59_val", ".jpg",
+                               ".png", "labels", prepared_by="CAT-Seg datasets/prepare_pascal_context_59.py"),
+                        _d2("pascal_ctx_d2", "images/validation", "annotations_ctx59/validation", ".png",
+                            "FC-CLIP datasets/prepare_pascal_ctx_sem_seg.py"),
+                    ), 5105),
+        DatasetSpec("context459", "PASCAL Context (VOC2010) val, full 459 classes", cls["context459"],
+                    65535, (
+                        Layout("catseg", _VOC10, "JPEGImages", "annotations_detectron2/pc459_val", ".jpg",
+                               ".tif", "labels", prepared_by="CAT-Seg datasets/prepare_pascal_context_459.py"),
+                        _d2("pascal_ctx_d2", "images/validation", "annotations_ctx459/validation", ".tif",
+                            "FC-CLIP datasets/prepare_pascal_ctx_full_sem_seg.py"),
+                    ), 5105, label_dtype="uint16"),
+        DatasetSpec("coco_object", "COCO val2017, 80 object classes + background (stuff)", cls["coco_object"],
+                    255, (Layout("mmseg", label_suffix="_instanceTrainIds.png",
+                                 prepared_by="SCLIP datasets/cvt_coco_object.py", **_COCO_MMSEG),), 5000,
+                    background=0),
+        DatasetSpec("coco_stuff", "COCO-Stuff-164k val2017, 171 classes", cls["coco_stuff"], 255, (
+            Layout("mmseg", label_suffix="_labelTrainIds.png", prepared_by=f"{_MMSEG}/coco_stuff164k.py",
+                   **_COCO_MMSEG),
+            _d2("coco", "val2017", "stuffthingmaps_detectron2/val2017", ".png",
+                "detectron2/Mask2Former datasets/prepare_coco_stuff_164k_sem_seg.py"),
+        ), 5000, unseen=coco_unseen),
+        DatasetSpec("cityscapes", "Cityscapes val, 19 classes", cls["cityscapes"], 255, (
+            Layout("mmseg", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
+                   "_gtFine_labelTrainIds.png", "images", recursive=True,
+                   prepared_by=f"{_MMSEG}/cityscapes.py (or cityscapesscripts createTrainIdLabelImgs)"),
+        ), 500),
+        DatasetSpec("ade20k", "ADE20K (ADEChallengeData2016) val, 150 classes", cls["ade20k"], 255, (
+            Layout("mmseg", "ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg",
+                   ".png", "images", reduce_zero_label=True, prepared_by="the ADEChallengeData2016 zip as released"),
+            _d2("ADEChallengeData2016", "images/validation", "annotations_detectron2/validation", ".png",
+                "detectron2/Mask2Former datasets/prepare_ade20k_sem_seg.py"),
+        ), 2000),
+        DatasetSpec("ade847", "ADE20K-Full (ADE20K_2021_17_01) val, 847 classes", cls["ade847"], 65535, (
+            _d2("ADE20K_2021_17_01", "images_detectron2/validation", "annotations_detectron2/validation",
+                ".tif", "Mask2Former/FC-CLIP datasets/prepare_ade20k_full_sem_seg.py"),
+        ), 2000, label_dtype="uint16"),
+    ]
+    return {s.name: s for s in specs}
+
+
+_SPECS = _specs()
+
+
+def available_datasets() -> list[str]:
+    """Names of the supported benchmarks."""
+    return list(_SPECS)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``.
+
+    Raises:
+        UnknownNameError: no such benchmark.
+    """
+    if name not in _SPECS:
+        raise UnknownNameError(f"unknown dataset {name!r}.{did_you_mean(name, list(_SPECS))} "
+                               f"Available: {', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_label(path: str | Path, *, reduce_zero_label: bool = False, ignore_index: int = 255) -> np.ndarray:
+    """Read a label map as stored and apply the zero-label reduction.
+
+    Args:
+        path: PNG (8-bit, palette or grey) or TIFF (16-bit) label file.
+        reduce_zero_label: mmseg's reduction: 0 -> ``ignore_index``, others minus 1 (the old
+            ignore value stays ignored).
+        ignore_index: the ignore value of the dataset.
+
+    Returns:
+        (H, W) int64 label map.
+
+    Raises:
+        DatasetError: the file is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im)
+    except FileNotFoundError:
+        raise DatasetError(f"label file not found: {path}") from None
+    except Exception as exc:  # Pillow raises several types for broken/unsupported files
+        arr = _read_tiff_fallback(path, exc)
+    if arr.ndim == 3:  # an RGB label map: not a label-index image
+        raise DatasetError(f"label file {path} has {arr.shape[2]} channels; expected a single-channel "
+                           "label-index image (palette/grey PNG or 16-bit TIFF)")
+    label = arr.astype(np.int64)
+    if reduce_zero_label:
+        zero = label == 0
+        was_ignored = label == ignore_index
+        label = label - 1
+        label[zero | was_ignored] = ignore_index
+    return label
+
+
+def _read_tiff_fallback(path: Path, exc: Exception) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:  # compressions Pillow lacks (e.g. some LZW/deflate predictors)
+            import tifffile
+
+            return np.asarray(tifffile.imread(str(path)))
+        except Exception:  # tifffile missing or the file broken: report the Pillow error
+            pass
+    raise DatasetError(f"cannot read label file {path} ({exc.__class__.__name__}: {exc})") from None
+
+
+@dataclass
+class EvalDataset:
+    """An opened benchmark split: the pairs found under ``root`` in one layout.
+
+    Attributes:
+        spec: the benchmark.
+        root: the data root.
+        layout: the layout found there.
+        samples: image/label pairs in a fixed (sorted) order.
+    """
+
+    spec: DatasetSpec
+    root: Path
+    layout: Layout
+    samples: list[Sample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def ignore_index(self) -> int:
+        return self.spec.ignore_index
+
+    def read_label(self, i: int) -> np.ndarray:
+        """(H, W) int64 label map of sample ``i`` after the layout's label reduction."""
+        return read_label(self.samples[i].label, reduce_zero_label=self.layout.reduce_zero_label,
+                          ignore_index=self.spec.ignore_index)
+
+    def read_image(self, i: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image of sample ``i`` (decoded as :func:`ovss.imageio.load_image`)."""
+        from ..imageio import load_image
+
+        return load_image(self.samples[i].image)
+
+    def describe(self) -> dict:
+        """JSON-able description (written into the evaluation report)."""
+        return {"dataset": self.spec.name, "title": self.spec.title, "data_root": str(self.root),
+                "layout": self.layout.name, "image_dir": self.layout.image_dir,
+                "label_dir": self.layout.label_dir, "split_file": self.layout.split_file,
+                "reduce_zero_label": self.layout.reduce_zero_label,
+                "ignore_index": self.spec.ignore_index, "num_classes": self.spec.num_classes,
+                "num_images": len(self.samples)}
+
+
+def _expected(spec: DatasetSpec, layout: Layout) -> str:
+    return (f"expected {spec.name} layout '{layout.name}' under --data-root (the {layout.root_hint} folder): "
+            f"{layout.tree()}" + (f" (source: {layout.prepared_by})" if layout.prepared_by else "")
+            + f" (see {DOCS})")
+
+
+def _missing_parts(root: Path, layout: Layout) -> list[str]:
+    parts = [layout.image_dir, layout.label_dir] + ([layout.split_file] if layout.split_file else [])
+    missing = []
+    for p in parts:
+        full = root / p
+        is_file = p == layout.split_file
+        if not (full.is_file() if is_file else full.is_dir()):
+            missing.append(p)
+    return missing
+
+
+def _strip(name: str, suffix: str) -> str | None:
+    return name[: -len(suffix)] if name.endswith(suffix) else None
+
+
+def _scan(folder: Path, suffix: str, recursive: bool) -> list[str]:
+    """Ids (relative path without ``suffix``) of the files under ``folder`` ending in ``suffix``."""
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    ids = []
+    for f in files:
+        if f.is_file():
+            stem = _strip(f.name, suffix)
+            if stem is not None and stem:
+                rel = f.parent.relative_to(folder)
+                ids.append(str(rel / stem) if str(rel) != "." else stem)
+    return sorted(ids)
+
+
+def _list_samples(spec: DatasetSpec, root: Path, layout: Layout) -> list[Sample]:
+    img_dir, lab_dir = root / layout.image_dir, root / layout.label_dir
+    if layout.index == "split":
+        assert layout.split_file is not None
+        text = (root / layout.split_file).read_text(encoding="utf-8")
+        ids = [line.strip() for line in text.splitlines() if line.strip()]
+        if not ids:
+            raise DatasetError(f"{spec.name}: split file {root / layout.split_file} lists no image ids; "
+                               + _expected(spec, layout))
+    elif layout.index == "images":
+        ids = _scan(img_dir, layout.image_suffix, layout.recursive)
+        if not ids:
+            raise DatasetError(f"{spec.name}: no '*{layout.image_suffix}' images in {img_dir}; "
+                               + _expected(spec, layout))
+    else:
+        ids = _scan(lab_dir, layout.label_suffix, layout.recursive)
+        if not ids:
+            raise DatasetError(f"{spec.name}: no '*{layout.label_suffix}' label files in {lab_dir}; "
+                               + _expected(spec, layout))
+    samples = [Sample(i, img_dir / f"{i}{layout.image_suffix}", lab_dir / f"{i}{layout.label_suffix}")
+               for i in ids]
+    for kind, attr, folder in (("image", "image", img_dir), ("label", "label", lab_dir)):
+        missing = [s for s in samples if not getattr(s, attr).is_file()]
+        if missing:
+            listed = {"split": f"listed in {layout.split_file}", "images": f"found in {layout.image_dir}",
+                      "labels": f"found in {layout.label_dir}"}[layout.index]
+            raise DatasetError(
+                f"{spec.name}: {len(missing)} of the {len(samples)} images {listed} have no {kind} file in "
+                f"{folder} (first missing: {getattr(missing[0], attr).name}); the folder is incomplete or "
+                f"half-prepared: " + _expected(spec, layout))
+    return samples
+
+
+def open_dataset(name: str | DatasetSpec, root: str | Path, layout: str | None = None) -> EvalDataset:
+    """Find the evaluation split of ``name`` under ``root`` and list its image/label pairs.
+
+    Args:
+        name: benchmark name (see :func:`available_datasets`) or a spec.
+        root: the data root (e.g. ``/data/VOCdevkit/VOC2012``; see each layout's ``root_hint``).
+        layout: force one layout by name; by default the first whose folders exist is used.
+
+    Returns:
+        The opened split; ``samples`` sorted as the split file lists them, or by id.
+
+    Raises:
+        UnknownNameError: unknown dataset or layout name.
+        DatasetError: the root is missing, no layout matches (the message names the missing
+            folders/files and the expected tree), or images lack their labels (or the reverse).
+    """
+    spec = name if isinstance(name, DatasetSpec) else get_dataset(name)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        lay = spec.layout(layout) if layout else spec.layouts[0]
+        raise DatasetError(f"{spec.name}: data root {root} does not exist or is not a folder; "
+                           + _expected(spec, lay))
+    candidates = [spec.layout(layout)] if layout else list(spec.layouts)
+    missing = {lay.name: _missing_parts(root, lay) for lay in candidates}
+    found = [lay for lay in candidates if not missing[lay.name]]
+    if not found:
+        # report against the layout that is most nearly there
+        best = min(candidates, key=lambda lay: (len(missing[lay.name]), candidates.index(lay)))
+        miss = missing[best.name]
+        what = ", ".join(f"{p}{'' if p == best.split_file else '/'}" for p in miss)
+        others = [lay for lay in candidates if lay is not best]
+        alt = ("; other accepted layouts: " + " | ".join(f"'{lay.name}' ({lay.root_hint}): {lay.tree()}"
+                                                           for lay in others)) if others else ""
+        raise DatasetError(f"{spec.name}: missing {what} in {root}; " + _expected(spec, best) + alt)
+    chosen = found[0]
+    return EvalDataset(spec, root, chosen, _list_samples(spec, root, chosen))

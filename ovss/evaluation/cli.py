@@ -1,0 +1,108 @@
+"""``ovss eval``: score a method or a folder of label maps on a benchmark (see ``docs/datasets.md``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import InputError, OvssError
+
+EPILOG = """Examples:
+
+  ovss eval -d voc21 --data-root /data/VOCdevkit/VOC2012 --method sclip --model ViT-B-16 --pretrained openai
+
+  ovss eval -d ade20k --data-root /data/ADEChallengeData2016 --predictions preds/ -o results/
+
+  torchrun --nproc-per-node 8 -m ovss eval -d coco_stuff --data-root /data/coco_stuff164k --method sclip
+
+Dataset layouts: docs/datasets.md
+"""
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` command to ``app`` (the main ``ovss`` typer app)."""
+
+    @app.command("eval", epilog=EPILOG)
+    def eval_command(
+        dataset: str = typer.Option(..., "--dataset", "-d", help="benchmark: voc21, voc20, context60, context59, "
+                                    "coco_object, coco_stuff, cityscapes, ade20k, ade847, context459"),
+        data_root: Path = typer.Option(..., "--data-root", help="folder of the dataset (see docs/datasets.md), "
+                                       "e.g. /data/VOCdevkit/VOC2012"),
+        method: Optional[str] = typer.Option(None, "--method", "-m", help="method to run with its official "
+                                             "protocol for this dataset"),
+        model: Optional[str] = typer.Option(None, "--model", help="backbone name or open_clip config (method default "
+                                            "when omitted)"),
+        pretrained: Optional[str] = typer.Option(None, "--pretrained", help="weights tag or file"),
+        predictions: Optional[Path] = typer.Option(None, "--predictions", help="score the PNG label maps in this "
+                                                   "folder (named like the images) instead of running a method"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="score only the first N images"),
+        output: Optional[Path] = typer.Option(Path("results"), "-o", "--output",
+                                              help="folder for <dataset>_<method>.json/.csv and the resume state"),
+        name: Optional[str] = typer.Option(None, "--name", help="report name (default: the method, or "
+                                           "'predictions')"),
+        layout: Optional[str] = typer.Option(None, "--layout", help="force a dataset layout (mmseg, detectron2, "
+                                             "catseg); default: detected"),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="continue an interrupted run with the "
+                                    "same settings"),
+        save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="also write each "
+                                                        "predicted label map (PNG) here"),
+        options: list[str] = typer.Option([], "--set", help="extra method option KEY=VALUE (JSON value), "
+                                          "repeatable, e.g. --set prob_threshold=0.2"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+        table: bool = typer.Option(True, "--table/--no-table", help="print the per-class table"),
+    ) -> None:
+        """Score a method (official protocol) or a folder of label maps on a benchmark: mIoU, mAcc, aAcc,
+        fwIoU (and seen/unseen mIoU, hIoU on VOC20 and COCO-Stuff), in percent."""
+        from rich.console import Console
+
+        from .runner import evaluate, print_report
+
+        console = Console(stderr=False)
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            result = evaluate(dataset, data_root, method=method, model=model, pretrained=pretrained,
+                              predictions=predictions, device=device, limit=limit, output_dir=output, name=name,
+                              layout=layout, resume=resume, progress=progress, save_predictions=save_predictions,
+                              segmenter_options=_parse_options(options))
+        except OvssError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2)
+        except KeyboardInterrupt:
+            if rank == 0:
+                typer.echo("interrupted: run the same command again to resume"
+                           + ("" if output is not None else " (no -o folder: nothing was kept)"), err=True)
+            raise typer.Exit(code=130)
+        if rank != 0:
+            return
+        official = result.config.get("num_images_official")
+        if official and result.config.get("num_images_split") != official:
+            console.print(f"[yellow]warning: {result.config['num_images_split']} images found under {data_root}, "
+                          f"the official {result.dataset.name} split has {official}: the numbers are not "
+                          "comparable to published ones[/yellow]")
+        if table:
+            print_report(result, console)
+        else:
+            summary = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in result.metrics.summary().items())
+            console.print(f"{result.dataset.name} / {result.name}: {summary}")
+            if result.json_path:
+                console.print(f"report: {result.json_path}")
+        sys.stdout.flush()
