@@ -246,7 +246,7 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
             net = open_clip.create_model(name, pretrained=None)
         if pretrained:
             sd = load_state_dict_file(pretrained)
-            if "visual.proj" not in sd and "visual.conv1.weight" not in sd and "visual.trunk" not in str(list(sd)[:5]):
+            if not any(k.startswith("visual.") for k in sd):
                 raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
                                      "(no 'visual.*' keys): is it the right file?")
             sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
