@@ -126,6 +126,9 @@ def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str,
     labels = res.labels_numpy()
     colors = palette(len(res.classes), res.background)
     label_image(labels, colors).save(out_dir / f"{stem}_labels.png")
+    panoptic = res.extras.get("panoptic")
+    if isinstance(panoptic, dict) and "panoptic_seg" in panoptic:
+        write_panoptic(out_dir / f"{stem}_panoptic.png", rgb, panoptic, res.classes)
     overlay(rgb, labels, res.classes, colors, background=res.background).save(out_dir / f"{stem}_overlay.png")
     share = res.pixel_share()
     report = {
@@ -135,9 +138,37 @@ def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str,
         "pixel_share": share,
         "palette": {name: [int(c) for c in col] for name, col in zip(res.classes, colors)},
         "settings": res.settings,
-        "extras": {k: v for k, v in res.extras.items() if _jsonable(v)},
+        "extras": {k: _to_json(v) for k, v in res.extras.items() if _jsonable(_to_json(v))},
     }
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
+
+
+def write_panoptic(path: Path, rgb: Any, panoptic: dict[str, Any], classes: list[str]) -> None:
+    """Overlay of a panoptic result: one colour per segment (instance colours), legend by segment."""
+    import numpy as np
+
+    from .visualize import overlay, palette
+
+    ids = np.asarray(panoptic["panoptic_seg"])
+    segments = list(panoptic.get("segments", []))
+    seg_ids = [int(s["id"]) for s in segments]
+    index = np.zeros(ids.shape, np.int64)  # 0: no segment
+    for k, sid in enumerate(seg_ids, start=1):
+        index[ids == sid] = k
+    names = ["void"] + [f"{classes[int(s['category_id'])]}" + (f" #{k}" if s.get("isthing") else "")
+                        for k, s in enumerate(segments, start=1)]
+    overlay(rgb, index, names, palette(len(names), 0), background=0).save(path)
+
+
+def _to_json(v: Any) -> Any:
+    """Drop tensors from nested extras (label maps go to PNGs), keep the rest."""
+    import torch
+
+    if isinstance(v, dict):
+        return {k: _to_json(x) for k, x in v.items() if not isinstance(x, torch.Tensor)}
+    if isinstance(v, (list, tuple)):
+        return [_to_json(x) for x in v]
+    return v
 
 
 def _jsonable(v: Any) -> bool:
@@ -157,8 +188,10 @@ def segment(
                                           help="Comma-separated class names, or a file with one class per line "
                                                "(a line may list synonyms separated by commas)."),
     method: str = typer.Option("sclip", "--method", "-m", help="Method name (see `ovss methods`)."),
-    model: str = typer.Option("ViT-B-16", help="open_clip model name or model-config JSON."),
-    pretrained: Optional[str] = typer.Option("openai", help="open_clip pretrained tag or local checkpoint file."),
+    model: Optional[str] = typer.Option(None, help="Backbone: open_clip model name or model-config JSON "
+                                                   "(default: the method's, e.g. ViT-B-16)."),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint file "
+                                                        "(default: the method's, e.g. openai)."),
     dataset: Optional[str] = typer.Option(None, help="Use this benchmark's official protocol (voc21, context59, ...)."),
     background: Optional[str] = typer.Option(None, help="Comma-separated words that score the background class."),
     prob_threshold: Optional[float] = typer.Option(None, help="Pixels whose top score is below this become background."),
@@ -199,8 +232,11 @@ def segment(
                              "(or a class file), or --dataset for a benchmark's class names")
         output.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        with console.status(f"loading {method} ({model}, {pretrained or 'random weights'})"):
-            seg = create_segmenter(method, model=model, pretrained=pretrained, dataset=dataset, device=device, **opts)
+        for name, value in (("model", model), ("pretrained", pretrained)):
+            if value is not None:
+                opts[name] = value
+        with console.status(f"loading {method}"):
+            seg = create_segmenter(method, dataset=dataset, device=device, **opts)
         load_s = time.perf_counter() - t0
         stems = _unique_stems(files)
         # decode the next image and write the last results while the model runs
