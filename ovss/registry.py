@@ -32,6 +32,7 @@ _add("maskclip", "maskclip", "MaskCLIP", "Zhou et al., ECCV 2022 (MaskCLIP)", "v
 _add("sclip", "sclip", "SCLIP", "Wang et al., ECCV 2024 (SCLIP)", "correlative self-attention q-q + k-k")
 _add("clearclip", "clearclip", "ClearCLIP", "Lan et al., ECCV 2024 (ClearCLIP)", "q-q attention, no residual, no FFN")
 _add("naclip", "naclip", "NACLIP", "Hajimiri et al., WACV 2025 (NACLIP)", "k-k attention + Gaussian neighbourhood, PAMR")
+_add("fc_clip", "fc_clip", "FCCLIP", "Yu et al., NeurIPS 2023 (FC-CLIP)", "single-stage Mask2Former on a frozen convolutional CLIP")
 _add("proxyclip", "proxyclip", "ProxyCLIP", "Lan et al., ECCV 2024 (ProxyCLIP)", "proxy attention from a self-supervised ViT (DINO)")
 _add("clip_diy", "clip_diy", "CLIPDIY", "Wysoczanska et al., WACV 2024 (CLIP-DIY)", "multi-scale CLIP patch classification + FOUND saliency")
 

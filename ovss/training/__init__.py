@@ -1,0 +1,1 @@
+"""Training loops for the trained methods (proposal networks, prompt learning)."""
