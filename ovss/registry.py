@@ -35,6 +35,7 @@ _add("naclip", "naclip", "NACLIP", "Hajimiri et al., WACV 2025 (NACLIP)", "k-k a
 _add("fc_clip", "fc_clip", "FCCLIP", "Yu et al., NeurIPS 2023 (FC-CLIP)", "single-stage Mask2Former on a frozen convolutional CLIP")
 _add("proxyclip", "proxyclip", "ProxyCLIP", "Lan et al., ECCV 2024 (ProxyCLIP)", "proxy attention from a self-supervised ViT (DINO)")
 _add("clip_diy", "clip_diy", "CLIPDIY", "Wysoczanska et al., WACV 2024 (CLIP-DIY)", "multi-scale CLIP patch classification + FOUND saliency")
+_add("pnp_ovss", "pnp_ovss", "PnPOVSS", "Luo et al., CVPR 2024 (PnP-OVSS)", "BLIP cross-attention GradCAM + Salience DropOut")
 
 
 def available_methods() -> list[str]:
