@@ -210,6 +210,7 @@ def segment(
 
         from .imageio import list_images, load_image
         from .registry import create_segmenter, method_info
+        from .segmenter import image_id_kwargs
 
         method_info(method)
         paths, opts = split_extra([str(p) for p in images] + list(ctx.args))
@@ -249,7 +250,8 @@ def segment(
                 if i + 1 < len(files):
                     pending = pool.submit(load_image, files[i + 1])
                 t1 = time.perf_counter()
-                res = seg.predict(rgb, vocab, prob_threshold=prob_threshold)
+                res = seg.predict(rgb, vocab, prob_threshold=prob_threshold,
+                                  **image_id_kwargs(seg, path.stem))
                 info = {"image": str(path), "size": [int(rgb.shape[0]), int(rgb.shape[1])],
                         "seconds": round(time.perf_counter() - t1, 3), "load_seconds": round(load_s, 3)}
                 writes.append(pool.submit(write_outputs, output, stems[i], rgb, res, info))

@@ -84,3 +84,15 @@ class Segmenter(abc.ABC):
     def settings(self) -> dict[str, Any]:
         """Every setting of this segmenter, JSON-able (written to the CLI's JSON report)."""
         return {"method": self.method, "device": str(self.device)}
+
+
+def image_id_kwargs(segmenter: Any, image_id: str) -> dict[str, Any]:
+    """``{"image_id": image_id}`` when ``segmenter.predict`` takes one (methods with per-image
+    inputs, such as PnP-OVSS's GPT-4o class lists), else ``{}``."""
+    import inspect
+
+    try:
+        params = inspect.signature(segmenter.predict).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"image_id": image_id} if "image_id" in params else {}

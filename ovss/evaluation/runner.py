@@ -30,6 +30,7 @@ from PIL import Image
 
 from .. import registry
 from ..data.datasets import EvalDataset, Sample, open_dataset
+from ..segmenter import image_id_kwargs
 from ..errors import InputError
 from .metrics import SegMetrics, compute_metrics, confusion_matrix
 
@@ -51,7 +52,8 @@ class SegmenterSource:
         self._checked = False
 
     def __call__(self, sample: Sample, image: np.ndarray | None) -> np.ndarray:
-        res = self.segmenter.predict(image)  # no inference_mode here: GradCAM methods need autograd
+        # no inference_mode here: GradCAM methods need autograd
+        res = self.segmenter.predict(image, **image_id_kwargs(self.segmenter, Path(sample.id).name))
         classes = getattr(res, "classes", None)
         if not self._checked and classes is not None and len(classes) != self.num_classes:
             raise InputError(f"the segmenter scores {len(classes)} classes but the dataset has "
