@@ -83,9 +83,22 @@ def test_parity_postprocessing_and_labels(voc_seg, voc_run, fixture) -> None:
     assert tuple(out.seg_maps.shape[1:]) == tuple(fixture["ori_shape"])
     assert _rel(_at(out.seg_maps, coords), fixture["seg_maps"]) <= 1e-5
     assert out.background and out.final_maps.shape[0] == 21
-    assert np.abs(_at(out.blur_maps, coords) - fixture["blur_maps"]).max() <= 1e-5
-    assert np.abs(_at(out.crf_probs, coords) - fixture["crf_probs"]).max() <= 1e-5
-    stable = fixture["pred_stable"].astype(bool)
+    blur_err = float(np.abs(_at(out.blur_maps, coords) - fixture["blur_maps"]).max())
+    assert blur_err <= 1e-5
+    # The CRF (10 mean-field steps, strong pairwise terms over a weak softmax unary) amplifies
+    # float noise in its input about 250x. With the fixture machine's kernels the blur maps are
+    # bitwise equal and so are the marginals; on a CPU with other SIMD kernels (AVX2 instead of
+    # AVX-512) BLIP's float32 rounding moves the blur maps by ~4e-6 and the marginals by up to
+    # ~9e-4. The CRF arguments themselves are pinned exactly by test_dense_crf_official_settings.
+    crf_tol = 1e-5 if blur_err == 0 else max(1e-5, 500 * blur_err)
+    crf_err = float(np.abs(_at(out.crf_probs, coords) - fixture["crf_probs"]).max())
+    assert crf_err <= crf_tol
+    stable = fixture["pred_stable"].astype(bool)  # official CRF top-2 margin >= 1e-4
+    if crf_err > 1e-5:  # labels can only flip where our own margin is within the CRF noise
+        top2 = np.sort(out.crf_probs.numpy(), axis=0)[-2:]
+        robust = stable & (top2[1] - top2[0] > 2 * crf_err)
+        assert robust.sum() >= 0.999 * stable.sum()
+        stable = robust
     assert np.array_equal(out.pred_channels[stable], fixture["pred_channels"][stable])
     res = voc_seg.result_from_output(out, names)
     assert res.logits.dtype == torch.float32 and tuple(res.logits.shape) == (21, 512, 512)
@@ -97,6 +110,26 @@ def test_parity_postprocessing_and_labels(voc_seg, voc_run, fixture) -> None:
     assert torch.allclose(res.logits.sum(0), torch.ones(512, 512), atol=1e-4)
     assert not res.extras["official_nan"]
     assert res.extras["dropped_patches"] == out.dropped_patches[:-1].tolist()
+
+
+def test_dense_crf_official_settings() -> None:
+    """``dense_crf`` is the official ``densecrf`` of ``PnP_OVSS_0514_updated_segmentation.py``:
+    softmax over channels -> ``unary_from_softmax`` -> Gaussian sxy 3 compat 7, bilateral sxy 50
+    srgb 5 compat 10, 10 mean-field steps. Bitwise against a literal pydensecrf call."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.random((4, 37, 53), dtype=np.float32))
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    probs = torch.softmax(scores, dim=0).numpy()
+    d = dcrf.DenseCRF2D(53, 37, 4)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=3, compat=7)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=rgb.copy(), compat=10)
+    ref = np.asarray(d.inference(10), dtype=np.float32).reshape(4, 37, 53)
+    assert np.array_equal(P.dense_crf(scores, rgb), ref)
+    assert not np.array_equal(P.dense_crf(scores, rgb, iterations=5), ref)
 
 
 def test_parity_first_pass_path(voc_seg, voc_run, fixture, astronaut_path) -> None:
