@@ -197,19 +197,24 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: t
 
 
 def text_fingerprint(model: nn.Module) -> str:
-    """blake2b hash (16 hex digits) of every parameter and buffer outside ``model.visual``.
+    """SHA-256 (16 hex digits) of every parameter and buffer outside ``model.visual``: names,
+    shapes, dtypes and raw bytes.
 
     Two models share a fingerprint exactly when their text towers hold the same values, which
-    is what the text-embedding cache needs to know.
+    is what the text-embedding cache needs to know. The bytes are hashed in place (no copies on
+    CPU; SHA-256 runs at ~1 GB/s with the CPU's SHA extensions): ~0.25 s for ViT-B/16's 63M
+    text-tower values.
     """
-    h = hashlib.blake2b(digest_size=8)
+    h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         if name.startswith("visual."):
             continue
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype};".encode())
+        t = t.detach().to("cpu")
+        if not t.is_contiguous():
+            t = t.contiguous()
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def load_clip(model: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedCLIP:

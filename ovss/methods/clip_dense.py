@@ -14,12 +14,24 @@ NACLIP ``naclip.py``, ClearCLIP ``clearclip_segmentor.py``):
    SCLIP's area filter, ``prob_threshold`` to background, argmax.
 
 Subclasses implement :meth:`DenseCLIPSegmenter.last_block`.
+
+Speed and memory (same numbers): sliding windows go through the encoder in batches
+(``batch_size``, automatic by default: bounded by a memory budget); identical windows are
+encoded once; when the (Q, H, W) logits at the original size would pass
+:attr:`DenseCLIPSegmenter.full_res_budget`, steps 2-4 run tile by tile (bilinear resize, PAMR with
+a halo of ``steps * max(dilations)`` pixels, softmax, max over synonyms, area filter in two passes)
+so memory is bounded by the window batch and the tile, not by the photo: only the returned
+(C, H, W) scores and (H, W) labels grow with it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Sequence
+import copy
+import math
+import os
+import warnings
+from typing import Any, ClassVar, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -95,8 +107,32 @@ def merge_queries(probs: torch.Tensor, query_index: Sequence[int], num_classes: 
     """(Q, H, W) query probabilities -> (C, H, W): each class takes the max over its queries."""
     if len(query_index) == num_classes:
         return probs
-    idx = torch.as_tensor(query_index, device=probs.device)
-    return torch.stack([probs[idx == c].amax(dim=0) for c in range(num_classes)])
+    members: list[list[int]] = [[] for _ in range(num_classes)]
+    for q, c in enumerate(query_index):
+        members[c].append(q)
+    out = []
+    for m in members:
+        if len(m) == 1:
+            out.append(probs[m[0]])
+        elif m == list(range(m[0], m[-1] + 1)):  # consecutive queries: a view, no gather
+            out.append(probs[m[0]:m[-1] + 1].amax(dim=0))
+        else:
+            out.append(probs[m].amax(dim=0))
+    return torch.stack(out)
+
+
+def query_probs(raw: torch.Tensor, vocab: Vocabulary, logit_scale: float) -> torch.Tensor:
+    """(Q, ...) cosine logits -> (C, ...) class probabilities: softmax over all queries of
+    ``logit_scale * raw``, then the max over each class's queries (SCLIP ``postprocess_result``)."""
+    probs = torch.softmax(raw * logit_scale, dim=0)
+    return merge_queries(probs, vocab.query_index, len(vocab))
+
+
+def area_keep(counts: torch.Tensor, area_threshold: float) -> torch.Tensor:
+    """SCLIP's area filter: (C,) argmax pixel counts -> (C-1,) 1/0 factors of the non-background
+    classes (kept when their count is above ``area_threshold`` of all non-background pixels)."""
+    fg = counts[1:].to(torch.float32)
+    return (fg > area_threshold * fg.sum()).to(torch.float32)
 
 
 def postprocess(raw: torch.Tensor, vocab: Vocabulary, logit_scale: float, prob_threshold: float = 0.0,
@@ -116,19 +152,110 @@ def postprocess(raw: torch.Tensor, vocab: Vocabulary, logit_scale: float, prob_t
     Returns:
         scores (C, H, W) float32 and labels (H, W) int64.
     """
-    probs = torch.softmax(raw * logit_scale, dim=0)
-    probs = merge_queries(probs, vocab.query_index, len(vocab))
+    probs = query_probs(raw, vocab, logit_scale)
     bg = vocab.background
     if area_threshold is not None and bg == 0:
-        counts = torch.bincount(probs.argmax(0).reshape(-1), minlength=len(vocab))[1:].to(probs.dtype)
-        keep = (counts > area_threshold * counts.sum()).to(probs.dtype)
-        probs[1:] *= keep.view(-1, 1, 1)
-    labels = probs.argmax(0)
+        counts = torch.bincount(probs.max(0).indices.reshape(-1), minlength=len(vocab))
+        probs[1:] *= area_keep(counts, area_threshold).to(probs.dtype).view(-1, 1, 1)
+    top, labels = probs.max(0)  # one pass; first index on ties, as argmax
     if prob_threshold > 0 and bg is not None:
-        labels[probs.max(0).values < prob_threshold] = bg
+        labels[top < prob_threshold] = bg
     if renormalize:
         probs = probs / probs.sum(0, keepdim=True)
     return probs.float(), labels.long()
+
+
+def source_index(in_size: int, out_size: int, start: int, stop: int,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights of output rows ``start..stop-1`` of a bilinear resize
+    ``in_size -> out_size`` (align_corners=False), as PyTorch's CPU kernel computes them
+    (``area_pixel_compute_source_index``: scale = in/out in float32, ``real = scale * (d + 0.5) -
+    0.5`` rounded once, as a fused multiply-add, clamped at 0).
+
+    Returns:
+        i0, i1 (N,) int64 source indices and w0, w1 (N,) float32 weights.
+    """
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    d = torch.arange(start, stop, dtype=torch.float64, device=device)
+    real = (scale.double().to(device) * (d + 0.5) - 0.5).float().clamp_(min=0)
+    i0 = real.long()
+    lam = (real - i0).clamp_(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1 - lam, lam
+
+
+def resize_region(src: torch.Tensor, out_size: tuple[int, int], rows: tuple[int, int],
+                  cols: tuple[int, int]) -> torch.Tensor:
+    """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of
+    ``F.interpolate(src[None], out_size, mode="bilinear", align_corners=False)[0]``, computed
+    without the full-size output (equal to it up to float rounding, <= 1e-6 relative).
+
+    Args:
+        src: (K, h, w) float map.
+        out_size: (H, W) full output size.
+
+    Returns:
+        (K, rows[1] - rows[0], cols[1] - cols[0]).
+    """
+    (h, w), (oh, ow) = src.shape[-2:], out_size
+    i0, i1, wy0, wy1 = source_index(h, oh, rows[0], rows[1], src.device)
+    j0, j1, wx0, wx1 = source_index(w, ow, cols[0], cols[1], src.device)
+    top, bottom = src[:, i0], src[:, i1]
+    out = (top[:, :, j0] * wx0 + top[:, :, j1] * wx1) * wy0[:, None]
+    out += (bottom[:, :, j0] * wx0 + bottom[:, :, j1] * wx1) * wy1[:, None]
+    return out
+
+
+def tiles(height: int, width: int, budget_px: int, halo: int = 0) -> Iterator[tuple[int, int, int, int]]:
+    """Tiles (y1, y2, x1, x2) covering an image, each with its halo at most ``budget_px``
+    pixels: full-width row strips when ``halo`` is 0, else squares of side ``t`` with
+    ``(t + 2 halo)^2 <= budget_px`` (at least 64)."""
+    if halo <= 0:
+        th, tw = max(1, budget_px // max(width, 1)), width
+    else:
+        t = max(64, math.isqrt(max(budget_px, 1)) - 2 * halo)
+        th = tw = t
+    for y in range(0, height, th):
+        for x in range(0, width, tw):
+            yield y, min(y + th, height), x, min(x + tw, width)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the window batch may use: half the free GPU memory on CUDA; on CPU a quarter of
+    the available RAM, at most 2 GiB (``OVSS_MEMORY_BUDGET`` in bytes overrides both)."""
+    env = os.environ.get("OVSS_MEMORY_BUDGET")
+    if env:
+        return int(float(env))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 << 30
+    return int(min(avail // 4, 2 << 30))
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Warn when a reduced precision is slow on this device (bf16 on a CPU without native
+    bf16 instructions, fp16 on CPU): results are still computed."""
+    if device.type != "cpu" or precision == "fp32":
+        return
+    if precision == "fp16":
+        warnings.warn("precision='fp16' on CPU is emulated and slower than fp32; use 'bf16' or 'fp32'",
+                      stacklevel=3)
+    elif not _cpu_has_bf16():
+        warnings.warn("this CPU has no native bf16 instructions (AVX512-BF16 / AMX): precision='bf16' "
+                      "will be slower than fp32", stacklevel=3)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class DenseCLIPSegmenter(Segmenter):
@@ -148,8 +275,12 @@ class DenseCLIPSegmenter(Segmenter):
         pamr_steps, pamr_dilations: override the protocol's values (see
             :class:`ovss.protocols.Protocol`); ``crop=0`` runs the whole image.
         templates: prompt templates (default: the 80 OpenAI ImageNet templates).
-        batch_size: sliding windows per forward pass (memory bound; results do not depend on it).
-        precision: "fp32" (default, exact), "fp16"/"bf16" (autocast; faster on GPU).
+        batch_size: sliding windows per forward pass; None or "auto" (default): as many as
+            :func:`memory_budget` allows (at most 32). Results do not depend on it.
+        precision: "fp32" (default, exact); "bf16" (CPUs with native bf16, GPUs) or "fp16"
+            (GPUs; emulated and slow on CPU): the image encoder runs on a copy of CLIP's
+            visual tower converted once (:meth:`compute_visual`); logits and post-processing
+            stay float32.
         use_cache: keep class embeddings in the on-disk cache.
 
     Raises:
@@ -165,6 +296,14 @@ class DenseCLIPSegmenter(Segmenter):
     #: (NACLIP ``naclip.py``: ``forward_feature`` returns at input size, ``predict`` resizes);
     #: SCLIP and ClearCLIP resize the patch logits to the original size directly.
     whole_image_via_input: ClassVar[bool] = False
+    #: above this many bytes for the (Q, H, W) float32 logits at the original size, predict
+    #: resizes, refines and post-processes tile by tile (memory bounded; same numbers up to
+    #: float rounding)
+    full_res_budget: ClassVar[int] = 256 << 20
+    #: bytes of float32 work memory per tile in the tiled path
+    tile_budget: ClassVar[int] = 64 << 20
+    #: most windows per forward pass with the automatic batch size
+    max_auto_batch: ClassVar[int] = 32
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", dataset: str | None = None,
                  device: str | torch.device = "cpu", *, classes: ClassesInput | None = None,
@@ -173,13 +312,15 @@ class DenseCLIPSegmenter(Segmenter):
                  logit_scale: float | None = None, prob_threshold: float | None = None,
                  area_threshold: float | None = None, pamr_steps: int | None = None,
                  pamr_dilations: Sequence[int] | None = None, templates: Sequence[str] | None = None,
-                 batch_size: int = 8, precision: str = "fp32", use_cache: bool = True,
+                 batch_size: int | str | None = None, precision: str = "fp32", use_cache: bool = True,
                  clip: LoadedCLIP | None = None) -> None:
         super().__init__(device)
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size == "auto":
+            batch_size = None
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.protocol: Protocol = get_protocol(self.method, dataset).with_overrides(
             short_side=short_side, long_side=long_side, crop=crop, stride=stride, logit_scale=logit_scale,
             prob_threshold=prob_threshold, area_threshold=area_threshold, pamr_steps=pamr_steps,
@@ -188,11 +329,12 @@ class DenseCLIPSegmenter(Segmenter):
         if p.crop < 0 or (p.crop > 0 and p.stride <= 0) or p.short_side <= 0:
             raise InputError(f"invalid window settings: short_side={p.short_side}, crop={p.crop}, stride={p.stride}")
         self.clip = clip if clip is not None else load_clip(model, pretrained, self.device)
+        check_precision(precision, self.device)
         check_dense_vit(self.clip.visual, self.clip.name)
         self.templates = tuple(templates) if templates is not None else IMAGENET_TEMPLATES
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise InputError("each prompt template needs exactly one '{}' where the class name goes")
-        self.batch_size = batch_size
+        self.batch_size: int | None = batch_size
         self.precision = precision
         self.use_cache = use_cache
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
@@ -269,15 +411,96 @@ class DenseCLIPSegmenter(Segmenter):
         return normalize(resize_short_side(rgb, p.short_side, p.long_side)).to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to ``precision`` (for subclasses whose features run other networks; note
+        that autocast turns off ``nn.MultiheadAttention``'s fused path, which on CPU makes
+        its input projection several times slower: prefer :meth:`compute_visual`)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the image encoder's arithmetic (``precision``)."""
+        return PRECISIONS[self.precision]
+
+    def compute_visual(self) -> nn.Module:
+        """CLIP's image encoder in the working precision: the model's own for fp32; for
+        bf16/fp16 a copy converted once and kept (weights cast once instead of at every layer
+        call as autocast does; ``nn.MultiheadAttention`` also keeps its fused fast path, which
+        autocast turns off)."""
+        if self.precision == "fp32":
+            return self.clip.visual
+        if getattr(self, "_lowp_visual", None) is None:
+            self._lowp_visual = copy.deepcopy(self.clip.visual).to(self.compute_dtype).eval()
+        return self._lowp_visual
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) normalised crops -> (B, E, h/p, w/p) unit-norm float32 patch features."""
-        with self._autocast():
-            feats = dense_features(self.clip.visual, images, self.last_block)
+        """(B, 3, h, w) normalised crops -> (B, E, h/p, w/p) unit-norm float32 patch features
+        (computed in ``precision``)."""
+        feats = dense_features(self.compute_visual(), images.to(self.compute_dtype), self.last_block)
         return feats.float()
+
+    def window_batch(self, height: int, width: int, queries: int = 64) -> int:
+        """Windows per forward pass for (height, width) crops: ``batch_size`` when set, else
+        as many as :func:`memory_budget` allows (activation estimate of one crop: tokens x
+        width x 16 + heads x tokens^2 x 4 attention maps + the upsampled logits), at most
+        :attr:`max_auto_batch`."""
+        if self.batch_size is not None:
+            return self.batch_size
+        visual = self.clip.visual
+        ph, pw = patch_size(visual)
+        tokens = 1 + (height // ph) * (width // pw)
+        blk = visual.transformer.resblocks[-1]
+        dim, heads = blk.attn.embed_dim, blk.attn.num_heads
+        per_window = 4 * (tokens * dim * 16 + heads * tokens * tokens * 4 + 2 * queries * height * width)
+        return int(max(1, min(self.max_auto_batch, memory_budget(self.device) // max(per_window, 1))))
+
+    @torch.no_grad()
+    def window_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine logits of every query before the final resize to the original size.
+
+        Sliding windows (``crop > 0``): windows of ``window_boxes`` go through :meth:`features`
+        ``window_batch`` at a time (identical windows once), their logits are resized bilinearly
+        to the window, summed and divided by the window count (mmseg ``slide_inference``).
+        Whole image: the patch-grid logits (resized to the network input first when
+        ``whole_image_via_input``).
+
+        Args:
+            image: (1, 3, h, w) normalised network input.
+            text: (Q, E) unit-norm query embeddings.
+
+        Returns:
+            (Q, h, w) float32 (sliding windows / via input) or (Q, h/p, w/p) (whole image).
+        """
+        p = self.protocol
+        _, _, h, w = image.shape
+        if p.crop <= 0:
+            logits = torch.einsum("behw,qe->bqhw", self.features(image), text)
+            if self.whole_image_via_input:
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            return logits[0]
+        boxes = window_boxes(h, w, p.crop, p.stride)
+        unique = list(dict.fromkeys(boxes))  # a box listed twice is encoded once, counted twice
+        canvas = image.new_zeros((text.shape[0], h, w))
+        count = image.new_zeros((1, h, w))
+        ch, cw = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+        pad = self.window_padding(ch, cw)
+        n = self.window_batch(ch + pad[2] + pad[3], cw + pad[0] + pad[1], text.shape[0])
+        for i in range(0, len(unique), n):
+            chunk = unique[i:i + n]
+            crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            if any(pad):
+                crops = F.pad(crops, pad)
+            logits = torch.einsum("behw,qe->bqhw", self.features(crops), text)
+            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            if any(pad):
+                logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
+            for box, lg in zip(chunk, logits):
+                y1, y2, x1, x2 = box
+                for _ in range(boxes.count(box)):
+                    canvas[:, y1:y2, x1:x2] += lg
+                    count[:, y1:y2, x1:x2] += 1
+        return canvas / count
 
     @torch.no_grad()
     def raw_logits(self, image: torch.Tensor, text: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -289,34 +512,10 @@ class DenseCLIPSegmenter(Segmenter):
             out_size: (H, W) original image size.
 
         Returns:
-            (Q, H, W) float32: the sliding-window average (or whole-image logits) resized
-            bilinearly to ``out_size``.
+            (Q, H, W) float32: :meth:`window_logits` resized bilinearly to ``out_size``.
         """
-        p = self.protocol
-        _, _, h, w = image.shape
-        if p.crop <= 0:
-            logits = torch.einsum("behw,qe->bqhw", self.features(image), text)
-            if self.whole_image_via_input:
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)[0]
-        boxes = window_boxes(h, w, p.crop, p.stride)
-        canvas = image.new_zeros((1, text.shape[0], h, w))
-        count = image.new_zeros((1, 1, h, w))
-        ch, cw = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
-        pad = self.window_padding(ch, cw)
-        for i in range(0, len(boxes), self.batch_size):
-            chunk = boxes[i:i + self.batch_size]
-            crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-            if any(pad):
-                crops = F.pad(crops, pad)
-            logits = torch.einsum("behw,qe->bqhw", self.features(crops), text)
-            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            if any(pad):
-                logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
-            for (y1, y2, x1, x2), lg in zip(chunk, logits):
-                canvas[0, :, y1:y2, x1:x2] += lg
-                count[0, :, y1:y2, x1:x2] += 1
-        return F.interpolate(canvas / count, size=out_size, mode="bilinear", align_corners=False)[0]
+        low = self.window_logits(image, text)
+        return F.interpolate(low[None], size=out_size, mode="bilinear", align_corners=False)[0]
 
     def window_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding of an h x w window before the network
@@ -351,20 +550,74 @@ class DenseCLIPSegmenter(Segmenter):
         height, width = rgb.shape[:2]
         x = self.preprocess(rgb)
         text = self.text_embeddings(vocab)
-        raw = self.refine(x, self.raw_logits(x, text, (height, width)))
         thd = self.protocol.prob_threshold if prob_threshold is None else prob_threshold
-        scores, labels = postprocess(raw, vocab, self.protocol.logit_scale, thd,
-                                     self.protocol.area_threshold, self.renormalize)
+        if 4 * text.shape[0] * height * width > self.full_res_budget and self._tiling_allowed():
+            scores, labels = self._tiled(x, text, (height, width), vocab, thd)
+        else:
+            raw = self.refine(x, self.raw_logits(x, text, (height, width)))
+            scores, labels = postprocess(raw, vocab, self.protocol.logit_scale, thd,
+                                         self.protocol.area_threshold, self.renormalize)
         settings = self.settings()
         settings["prob_threshold"] = thd
         settings["queries"] = [list(q) for q in vocab.queries]
         return SegmentationResult(scores, labels, list(vocab.names), vocab.background, settings)
 
+    def _tiling_allowed(self) -> bool:
+        """The tiled path reproduces ``raw_logits`` + ``refine``; not when a subclass or the
+        instance replaces them."""
+        base = DenseCLIPSegmenter
+        return all(getattr(type(self), name) is getattr(base, name) and name not in vars(self)
+                   for name in ("raw_logits", "refine"))
+
+    def _tiled(self, image: torch.Tensor, text: torch.Tensor, out_size: tuple[int, int], vocab: Vocabulary,
+               prob_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``raw_logits`` + ``refine`` + ``postprocess`` tile by tile: work memory
+        :attr:`tile_budget` per tile whatever the image size (same numbers up to float rounding).
+        PAMR tiles carry a halo of ``steps * max(dilations)`` pixels, beyond which a pixel's
+        refined value cannot depend on the tile border; PAMR's guide (3 channels) is resized
+        at full size."""
+        p = self.protocol
+        height, width = out_size
+        low = self.window_logits(image, text)
+        q, c = low.shape[0], len(vocab)
+        halo = p.pamr_steps * max(p.pamr_dilations) if p.pamr_steps > 0 else 0
+        per_px = 4 * (6 * q + (60 * len(p.pamr_dilations) + 3 if halo else 0))
+        scores = torch.empty((c, height, width), dtype=torch.float32, device=low.device)
+        # PAMR's colour affinities divide by a local std that can be ~0: the guide must be
+        # bitwise the full-size one (3 channels at full size, a seventh of the returned scores)
+        guide = F.interpolate(image, size=out_size, mode="bilinear", align_corners=False) if halo else None
+        counts = torch.zeros(c, dtype=torch.long, device=low.device)
+        for y1, y2, x1, x2 in tiles(height, width, max(1, self.tile_budget // per_px), halo):
+            r1, r2, c1, c2 = max(y1 - halo, 0), min(y2 + halo, height), max(x1 - halo, 0), min(x2 + halo, width)
+            raw = resize_region(low, out_size, (r1, r2), (c1, c2))
+            if guide is not None:
+                raw = pamr(guide[:, :, r1:r2, c1:c2], raw[None], p.pamr_steps, p.pamr_dilations)[0]
+                raw = raw[:, y1 - r1:y2 - r1, x1 - c1:x2 - c1]
+            probs = query_probs(raw, vocab, p.logit_scale)
+            scores[:, y1:y2, x1:x2] = probs
+            counts += torch.bincount(probs.max(0).indices.reshape(-1), minlength=c)
+        keep = None
+        if p.area_threshold is not None and vocab.background == 0:
+            keep = area_keep(counts, p.area_threshold).view(-1, 1, 1)
+        labels = torch.empty((height, width), dtype=torch.long, device=low.device)
+        rows = max(1, self.tile_budget // (4 * c * width))
+        for y in range(0, height, rows):
+            s = scores[:, y:y + rows]
+            if keep is not None:
+                s[1:] *= keep
+            top, lab = s.max(0)
+            if prob_threshold > 0 and vocab.background is not None:
+                lab[top < prob_threshold] = vocab.background
+            labels[y:y + rows] = lab
+            if self.renormalize:
+                s /= s.sum(0, keepdim=True)
+        return scores, labels
+
     def settings(self) -> dict[str, Any]:
         return {"method": self.method, "paper": self.paper, "model": self.clip.name,
                 "pretrained": self.clip.pretrained, "protocol": self.protocol.as_dict(),
                 "templates": len(self.templates), "device": str(self.device), "precision": self.precision,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size if self.batch_size is not None else "auto"}
 
 
 def _words(value: Sequence[str] | str | None) -> list[str] | None:
