@@ -36,6 +36,8 @@ _add("fc_clip", "fc_clip", "FCCLIP", "Yu et al., NeurIPS 2023 (FC-CLIP)", "singl
 _add("proxyclip", "proxyclip", "ProxyCLIP", "Lan et al., ECCV 2024 (ProxyCLIP)", "proxy attention from a self-supervised ViT (DINO)")
 _add("clip_diy", "clip_diy", "CLIPDIY", "Wysoczanska et al., WACV 2024 (CLIP-DIY)", "multi-scale CLIP patch classification + FOUND saliency")
 _add("pnp_ovss", "pnp_ovss", "PnPOVSS", "Luo et al., CVPR 2024 (PnP-OVSS)", "BLIP cross-attention GradCAM + Salience DropOut")
+_add("zsseg", "zsseg", "ZSSeg", "Xu et al., ECCV 2022 (ZSSeg / SimSeg)", "MaskFormer proposals classified by CLIP crops")
+_add("zegformer", "zegformer", "ZegFormer", "Ding et al., CVPR 2022 (ZegFormer)", "decoupled zero-shot segmentation: segment groups + CLIP")
 
 
 def available_methods() -> list[str]:

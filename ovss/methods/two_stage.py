@@ -1,0 +1,455 @@
+"""Shared machinery of the two-stage methods (ZSSeg / SimSeg and ZegFormer): class-agnostic mask
+proposals classified by CLIP.
+
+* detectron2's test resize (``ResizeShortestEdge`` + Pillow bilinear on uint8) and image reading;
+* ZSSeg's region crops (``MaskFormerClipAdapter._preprocess_image`` + ``crop_with_mask``): tight box of the
+  binarised mask (x2 / y2 exclusive), crop of the unpadded 0-255 image, outside-mask pixels set to the
+  CLIP mean colour, CLIP normalisation, bicubic resize to 224 per crop;
+* ZegFormer's region crops (``MaskFormer.forward``, ``CLIP_CLS_STYLE cropmask``): box from cumulative
+  sums on the padded grid (inclusive last index; zero-area boxes -> whole padded image), masked
+  CLIP-normalised image, ``torchvision.ops.roi_align(224, aligned=True)``;
+* prompt sets: ZSSeg learned prefix prompts (``LearnablePromptExtractor``), ViLD's 14 templates,
+  single prompts; ZegFormer's template x synonym averaging (``zeroshot_classifier``) with its 1 / 8 / 32
+  template sets;
+* a training-free path: masks from another class-agnostic generator (a callable, or a transformers
+  ``mask-generation`` pipeline such as SAM) classified by the same CLIP stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import nn
+
+from ..backbones.clip import LoadedCLIP
+from ..errors import InputError, ModelLoadError
+from ..imageio import ImageInput, load_image
+
+#: CLIP's RGB normalisation (OpenAI), 0-1 scale.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: detectron2 / MaskFormer ImageNet normalisation, 0-255 scale (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+#: ZegFormer ``MODEL.CLIP_PIXEL_MEAN`` / ``CLIP_PIXEL_STD`` (0-255 scale, config values).
+ZEGFORMER_CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+ZEGFORMER_CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.323163)
+
+#: ViLD's 14 prompt templates (ZSSeg ``CLIP.VILD_PROMPT``, ``PROMPT_LEARNER vild``).
+VILD_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
+    "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
+    "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
+    "There is a small {} in the scene.", "There is a medium {} in the scene.", "There is a large {} in the scene.",
+)
+#: ZSSeg default ``PREDEFINED_PROMPT_TEMPLATES`` ("single prompt" configs).
+ZSSEG_SINGLE_TEMPLATES: tuple[str, ...] = ("a sculpture of a {}.",)
+#: ZegFormer ``PROMPT_ENSEMBLE_TYPE single``.
+ZEGFORMER_SINGLE_TEMPLATES: tuple[str, ...] = ("A photo of a {} in the scene",)
+#: ZegFormer ``IMAGENET_TEMPLATES_SELECT`` (``PROMPT_ENSEMBLE_TYPE imagenet_select``).
+ZEGFORMER_SELECT_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+    "art of the {}.", "a photo of the small {}.", "A photo of a {} in the scene",
+)
+#: ZegFormer ``IMAGENET_TEMPLATES_SELECT_CLIP``: the 32 templates of the CLIP crop classifier.
+ZEGFORMER_CLIP_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of the {}.", "a photo of the large {}.", "a photo of the small {}.", "a cropped photo of a {}.",
+    "This is a photo of a {}", "This is a photo of a small {}", "This is a photo of a medium {}",
+    "This is a photo of a large {}",
+    "This is a masked photo of a {}", "This is a masked photo of a small {}", "This is a masked photo of a medium {}",
+    "This is a masked photo of a large {}",
+    "This is a cropped photo of a {}", "This is a cropped photo of a small {}",
+    "This is a cropped photo of a medium {}", "This is a cropped photo of a large {}",
+    "A photo of a {} in the scene", "a bad photo of the {} in the scene", "a photo of the large {} in the scene",
+    "a photo of the small {} in the scene", "a cropped photo of a {} in the scene",
+    "a photo of a masked {} in the scene", "There is a {} in the scene", "There is the {} in the scene",
+    "This is a {} in the scene", "This is the {} in the scene", "This is one {} in the scene",
+    "There is a masked {} in the scene", "There is the masked {} in the scene", "This is a masked {} in the scene",
+    "This is the masked {} in the scene", "This is one masked {} in the scene",
+)
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+def read_image_d2(image: ImageInput) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as detectron2 ``read_image(path, "RGB")`` reads it: Pillow decoding with the
+    EXIF orientation applied (arrays and PIL images pass through :func:`ovss.imageio.load_image`).
+
+    Raises:
+        InputError: missing or unreadable file.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as im:
+                return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+        except Exception as exc:
+            raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
+                             "is it a JPEG/PNG/... file?") from None
+    return load_image(image)
+
+
+def d2_test_size(h: int, w: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """(new_h, new_w) of detectron2 ``ResizeShortestEdge.get_output_shape`` (``int(x + 0.5)`` rounding)."""
+    size = float(short_side)
+    scale = size / min(h, w)
+    newh, neww = (size, scale * w) if h < w else (scale * h, size)
+    if max(newh, neww) > max_long_side:
+        scale = max_long_side * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def d2_resize(image: np.ndarray, short_side: int, max_long_side: int) -> np.ndarray:
+    """detectron2 test resize of an (H, W, 3) uint8 image: Pillow bilinear (antialiased when shrinking)."""
+    h, w = image.shape[:2]
+    newh, neww = d2_test_size(h, w, short_side, max_long_side)
+    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+
+
+def check_test_size(short_side: int | None, max_long_side: int | None) -> None:
+    for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+            raise InputError(f"{name} must be a positive integer (pixels), got {v!r}")
+
+
+# ---------------------------------------------------------------------------------- ZSSeg crops
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes of non-empty binary masks, detectron2 ``BitMasks.get_bounding_boxes``.
+
+    Args:
+        masks: bool (V, h, w), every mask non-empty.
+
+    Returns:
+        int64 (V, 4) (x1, y1, x2, y2) with x2 / y2 exclusive (last column / row + 1).
+    """
+    if masks.numel() == 0:
+        return torch.zeros(0, 4, dtype=torch.int64)
+    cols = masks.any(dim=1)
+    rows = masks.any(dim=2)
+    w, h = masks.shape[2], masks.shape[1]
+    ar_w = torch.arange(w, device=masks.device)
+    ar_h = torch.arange(h, device=masks.device)
+    x1 = torch.where(cols, ar_w, w).amin(dim=1)
+    x2 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    y1 = torch.where(rows, ar_h, h).amin(dim=1)
+    y2 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    return torch.stack([x1, y1, x2, y2], dim=1).long()
+
+
+def zsseg_fill_and_norm(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fill, mean, std) of the ZSSeg crops, each float32 (3,): fill = float32(255.0 * c) computed in
+    double (``crop_with_mask`` ``new_full(fill_value=255.0 * c)``), mean / std = float32(c) * 255 in
+    float32 (the adapter's buffers); the two may differ by one ulp (README quirk 4)."""
+    fill = torch.tensor([255.0 * c for c in CLIP_MEAN], dtype=torch.float32, device=device)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device) * 255.0
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=device) * 255.0
+    return fill, mean, std
+
+
+def zsseg_crops(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ZSSeg region inputs: masked box crops with mean-colour fill, CLIP-normalised, bicubic to ``size``.
+
+    Args:
+        image: float32 (3, h, w) RGB 0-255 (the resized, unpadded image).
+        masks: bool (V, h, w) hard masks (``MASK_MATTING False``).
+        boxes: int (V, 4) from :func:`tight_boxes`.
+
+    Returns:
+        float32 (V, 3, size, size).
+    """
+    fill, mean, std = zsseg_fill_and_norm(image.device)
+    out = []
+    for m, (x1, y1, x2, y2) in zip(masks, boxes.tolist()):
+        m = m[y1:y2, x1:x2].to(image.dtype)[None]
+        region = image[:, y1:y2, x1:x2] * m + (1 - m) * fill.view(3, 1, 1).expand(3, y2 - y1, x2 - x1)
+        region = (region[None] - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        out.append(F.interpolate(region, size=(size, size), mode="bicubic"))
+    if not out:
+        return image.new_zeros(0, 3, size, size)
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------ ZegFormer crops
+
+def zegformer_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """ZegFormer boxes on the padded grid: x_min = first non-empty column, x_max = **last** non-empty
+    column (inclusive index, from the argmax of the cumulative column counts), same for rows; a box of zero
+    area ((y_max - y_min) * (x_max - x_min) == 0: empty mask, one-pixel strip) becomes the whole padded
+    image (0, 0, wp, hp).
+
+    Args:
+        masks: bool (Q, hp, wp).
+
+    Returns:
+        float32 (Q, 4) (x1, y1, x2, y2) as passed to ``roi_align``.
+    """
+    q, hp, wp = masks.shape
+    cum_x = torch.cumsum(masks.sum(dim=1), dim=1).float()
+    xmax = torch.argmax(cum_x, dim=1, keepdim=True)
+    cum_x[cum_x == 0] = float("inf")
+    xmin = torch.argmin(cum_x, dim=1, keepdim=True)
+    cum_y = torch.cumsum(masks.sum(dim=2), dim=1).float()
+    ymax = torch.argmax(cum_y, dim=1, keepdim=True)
+    cum_y[cum_y == 0] = float("inf")
+    ymin = torch.argmin(cum_y, dim=1, keepdim=True)
+    area = (ymax - ymin) * (xmax - xmin)
+    full = area == 0
+    ymax[full], ymin[full], xmax[full], xmin[full] = hp, 0, wp, 0
+    return torch.cat((xmin, ymin, xmax, ymax), dim=1).float()
+
+
+def zegformer_crops(clip_input: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                    size: int = 224) -> torch.Tensor:
+    """ZegFormer ``cropmask`` inputs: ``roi_align(clip_input * mask, box, size, aligned=True)`` per query.
+
+    Args:
+        clip_input: float32 (3, hp, wp) CLIP-normalised, zero-padded image.
+        masks: bool (Q, hp, wp).
+        boxes: float32 (Q, 4) from :func:`zegformer_boxes`.
+
+    Returns:
+        float32 (Q, 3, size, size).
+    """
+    from torchvision.ops import roi_align
+
+    masked = clip_input[None] * masks[:, None].to(clip_input.dtype)
+    rois = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype, device=boxes.device)[:, None], boxes], dim=1)
+    return roi_align(masked, rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+# ---------------------------------------------------------------------------------- text side
+
+@torch.no_grad()
+def encode_text_truncated(clip: LoadedCLIP, prompts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+    """``encode_text`` (N, E), not normalised, running the text transformer only up to the longest EOT
+    position of each batch: with CLIP's causal mask the EOT feature does not depend on later positions,
+    so this equals the full 77-token pass up to float rounding and is several times faster."""
+    model = clip.model
+    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", "argmax") != "argmax":
+        from ..text import encode_prompts  # towers without OpenAI-style EOT pooling: the plain full pass
+
+        return encode_prompts(clip, prompts)
+    device = model.token_embedding.weight.device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tokens = clip.tokenizer(list(prompts[i:i + batch_size])).to(device)
+        eot = tokens.argmax(dim=-1)  # the EOT id is the largest token id
+        n = int(eot.max()) + 1
+        x = model.token_embedding(tokens[:, :n]).float() + model.positional_embedding[:n].float()
+        mask = model.attn_mask[:n, :n] if model.attn_mask is not None else None
+        x = model.ln_final(model.transformer(x, attn_mask=mask))
+        out.append(x[torch.arange(x.shape[0], device=device), eot] @ model.text_projection)
+    return torch.cat(out) if out else torch.zeros(0, model.text_projection.shape[-1], device=device)
+
+
+def template_embeddings(clip: LoadedCLIP, names: Sequence[str], templates: Sequence[str],
+                        split_synonyms: bool = False, use_cache: bool = True) -> torch.Tensor:
+    """Text classifier averaged over templates (and synonyms), cached on disk (``ovss.text.cache_dir``).
+
+    ``split_synonyms=False`` (ZSSeg ``PredefinedPromptExtractor``): per template encode, L2-normalise,
+    mean over templates, L2-normalise; a name such as "road, route" is one string.
+    ``split_synonyms=True`` (ZegFormer ``zeroshot_classifier``): a name with ``", "`` gives every template x
+    every synonym; all are L2-normalised and averaged together, then L2-normalised.
+
+    Returns:
+        float32 (C, D), on the CLIP model's device.
+    """
+    import hashlib
+    import json
+
+    from ..text import cache_dir
+
+    device = next(clip.model.parameters()).device
+    key = hashlib.sha256(json.dumps({"model": clip.name, "weights": clip.fingerprint, "templates": list(templates),
+                                     "names": list(names), "split": split_synonyms,
+                                     "kind": "two_stage"}).encode()).hexdigest()[:32]
+    path = cache_dir() / f"two_stage_{key}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            from safetensors.torch import load_file
+
+            emb = load_file(str(path))["embeddings"]
+            if emb.shape[0] == len(names) and torch.isfinite(emb).all():
+                return emb.to(device)
+        except Exception:
+            pass  # unreadable entry: rebuild it
+    prompts: list[str] = []
+    counts: list[int] = []
+    for name in names:
+        parts = name.split(", ") if split_synonyms and ", " in name else [name]
+        group = [t.format(p) for t in templates for p in parts]
+        prompts.extend(group)
+        counts.append(len(group))
+    feats = encode_text_truncated(clip, prompts)
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    out = torch.stack([g.mean(dim=0) for g in torch.split(feats, counts)])
+    out = out / out.norm(dim=-1, keepdim=True)
+    if use_cache:
+        _write_cache(path, out)
+    return out
+
+
+def _write_cache(path: Path, emb: torch.Tensor) -> None:
+    import os
+    import tempfile
+    import warnings
+
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        save_file({"embeddings": emb.contiguous().cpu()}, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"cannot write the text-embedding cache in {path.parent}: {exc}", stacklevel=3)
+
+
+class LearnablePrompts(nn.Module):
+    """ZSSeg's learned prompts (``LearnablePromptExtractor``, CoOp-style): per class name the sequence
+    [SOT, prefix (n, D), name token embeddings, suffix (m, D), ".", EOT] padded with the token-0 embedding
+    to the context length, through CLIP's text transformer; the feature is taken at the EOT position.
+
+    Buffers ``start_signal`` / ``dot_signal`` / ``end_signal`` / ``pad_signal`` (1, D) are CLIP token
+    embeddings of ``tokenize("X.")`` at positions 0, 2, 3, 4 (checkpoints store them).
+    """
+
+    def __init__(self, clip: LoadedCLIP, n_prefix: int = 16, n_suffix: int = 0) -> None:
+        super().__init__()
+        width = clip.model.token_embedding.weight.shape[1]
+        self.prefix_prompt = nn.Parameter(torch.randn(n_prefix, width) * 0.02) if n_prefix else None
+        self.suffix_prompt = nn.Parameter(torch.randn(n_suffix, width) * 0.02) if n_suffix else None
+        tokens = clip.tokenizer(["X."]).to(clip.model.token_embedding.weight.device)
+        with torch.no_grad():
+            emb = clip.model.token_embedding(tokens)[0].float()
+        self.register_buffer("start_signal", emb[0:1].clone())
+        self.register_buffer("dot_signal", emb[2:3].clone())
+        self.register_buffer("end_signal", emb[3:4].clone())
+        self.register_buffer("pad_signal", emb[4:5].clone())
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load ``prefix_prompt`` etc. from a checkpoint's ``clip_adapter.prompt_learner.*`` entries.
+
+        Raises:
+            ModelLoadError: missing prompts or a width that does not fit the CLIP text tower.
+        """
+        for name in ("prefix_prompt", "suffix_prompt", "start_signal", "dot_signal", "end_signal", "pad_signal"):
+            own = getattr(self, name)
+            if own is None:
+                if name in tensors:
+                    raise ModelLoadError(f"the checkpoint has learned '{name}' but the config's PROMPT_SHAPE "
+                                         "has none: pass the matching --config")
+                continue
+            if name not in tensors:
+                if name.endswith("_prompt"):
+                    raise ModelLoadError(f"the checkpoint has no learned prompts ('{name}'): use a "
+                                         "template prompt set (prompt='vild') or a checkpoint with prompts")
+                continue
+            t = tensors[name].to(own.device, torch.float32)
+            if t.shape != own.shape:
+                raise ModelLoadError(f"learned prompt '{name}' is {tuple(t.shape)} but this CLIP needs "
+                                     f"{tuple(own.shape)}: the checkpoint and the CLIP model do not match")
+            with torch.no_grad():
+                own.copy_(t)
+
+    def forward(self, clip: LoadedCLIP, names: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text features (C, E) of ``names``."""
+        model = clip.model
+        device = self.start_signal.device
+        ctx = model.positional_embedding.shape[0]
+        tokens = clip.tokenizer(list(names)).to(device)
+        lengths = (tokens != 0).sum(dim=1) - 2  # name tokens between SOT and EOT
+        with torch.no_grad():
+            tok_emb = model.token_embedding(tokens).float()
+        prefix = [self.start_signal] + ([self.prefix_prompt] if self.prefix_prompt is not None else [])
+        suffix = ([self.suffix_prompt] if self.suffix_prompt is not None else []) + [self.dot_signal,
+                                                                                     self.end_signal]
+        prefix_t, suffix_t = torch.cat(prefix), torch.cat(suffix)
+        seqs, eot = [], []
+        for i, n in enumerate(lengths.tolist()):
+            length = len(prefix_t) + n + len(suffix_t)
+            if length > ctx:
+                raise InputError(f"class name {names[i]!r} is too long for the learned prompts "
+                                 f"({length} > {ctx} tokens)")
+            seqs.append(torch.cat([prefix_t, tok_emb[i, 1:1 + n], suffix_t, self.pad_signal.expand(ctx - length, -1)]))
+            eot.append(length - 1)
+        x = torch.stack(seqs) + model.positional_embedding.float()
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=device), torch.tensor(eot, device=device)] @ model.text_projection
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------- image side
+
+def clip_image_features(clip: LoadedCLIP, crops: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """CLIP image embeddings (N, E) of (N, 3, 224, 224) normalised crops (CLS -> ln_post -> proj), not
+    normalised."""
+    if len(crops) == 0:
+        return crops.new_zeros(0, clip.model.text_projection.shape[-1])
+    return torch.cat([clip.model.encode_image(crops[i:i + batch_size]).float()
+                      for i in range(0, len(crops), batch_size)])
+
+
+# ------------------------------------------------------------------------------ training-free path
+
+MaskGenerator = Callable[[np.ndarray], Any]
+
+
+def mask_generator(spec: str | MaskGenerator, device: str | torch.device = "cpu", **kwargs: Any) -> MaskGenerator:
+    """A class-agnostic mask generator: image (H, W, 3) uint8 -> bool (N, H, W) masks.
+
+    Args:
+        spec: a callable (returned as is), or a transformers model id / local folder for the
+            ``mask-generation`` pipeline (e.g. ``"facebook/sam-vit-base"``); ``kwargs`` go to the pipeline
+            call (``points_per_batch``, ``pred_iou_thresh``, ...).
+
+    Raises:
+        ModelLoadError: the pipeline cannot be built (weights not downloadable, unknown id).
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise InputError("proposals must be 'maskformer', a callable returning (N, H, W) masks, or a "
+                         "transformers mask-generation model id such as 'facebook/sam-vit-base'")
+    try:
+        from transformers import pipeline
+
+        pipe = pipeline("mask-generation", model=spec, device=torch.device(device))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot build the mask generator {spec!r}: {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}. Download the model and pass its "
+                             "local folder") from None
+
+    def generate(image: np.ndarray) -> np.ndarray:
+        out = pipe(Image.fromarray(image), **kwargs)
+        masks = [np.asarray(m, dtype=bool) for m in out["masks"]]
+        if not masks:
+            return np.zeros((0,) + image.shape[:2], dtype=bool)
+        return np.stack(masks)
+
+    return generate
+
+
+def proposal_masks(generator: MaskGenerator, image: np.ndarray) -> torch.Tensor:
+    """Run ``generator`` on (h, w, 3) uint8 and check its output: bool (N, h, w).
+
+    Raises:
+        InputError: the generator returned something that is not (N, h, w).
+    """
+    masks = generator(image)
+    masks = torch.as_tensor(np.asarray(masks)) if not isinstance(masks, torch.Tensor) else masks
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image.shape[:2]):
+        raise InputError(f"the mask generator must return (N, {image.shape[0]}, {image.shape[1]}) masks, "
+                         f"got shape {tuple(masks.shape)}")
+    return masks.bool().cpu()
