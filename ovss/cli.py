@@ -43,11 +43,23 @@ def run_cli(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
-def split_extra(tokens: list[str]) -> tuple[list[str], dict[str, Any]]:
+def _takes_value(flag: str, nxt: str, flags: set[str]) -> bool:
+    """Whether ``nxt`` is the value of option ``flag``: not when it is another option, nor when
+    ``flag`` is boolean and ``nxt`` is no boolean word (``--panoptic photo.jpg``)."""
+    if nxt.startswith("--"):
+        return False
+    return flag[2:].replace("-", "_") not in flags or nxt.lower() in _BOOL_WORDS
+
+
+_BOOL_WORDS = ("true", "yes", "on", "false", "no", "off")
+
+
+def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[str], dict[str, Any]]:
     """Separate positional tokens from unknown ``--name value`` options (method options).
 
     click hands unknown options to the variadic IMAGES argument; each ``--name`` takes the next
-    token as its value unless that token is another option.
+    token as its value unless that token is another option, or ``name`` is one of the boolean
+    ``flags`` and the token is not a boolean word.
     """
     positional: list[str] = []
     options: list[str] = []
@@ -55,10 +67,11 @@ def split_extra(tokens: list[str]) -> tuple[list[str], dict[str, Any]]:
     while i < len(tokens):
         t = tokens[i]
         if t.startswith("--"):
-            options.append(t)
-            if "=" not in t and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                options.append(tokens[i + 1])
+            if "=" not in t and i + 1 < len(tokens) and _takes_value(t, tokens[i + 1], flags):
+                options.append(f"{t}={tokens[i + 1]}")
                 i += 1
+            else:
+                options.append(t)
         else:
             positional.append(t)
         i += 1
@@ -129,6 +142,7 @@ def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str,
     panoptic = res.extras.get("panoptic")
     if isinstance(panoptic, dict) and "panoptic_seg" in panoptic:
         write_panoptic(out_dir / f"{stem}_panoptic.png", rgb, panoptic, res.classes)
+        write_panoptic_ids(out_dir / f"{stem}_panoptic_ids.png", panoptic["panoptic_seg"])
     overlay(rgb, labels, res.classes, colors, background=res.background).save(out_dir / f"{stem}_overlay.png")
     share = res.pixel_share()
     report = {
@@ -158,6 +172,17 @@ def write_panoptic(path: Path, rgb: Any, panoptic: dict[str, Any], classes: list
     names = ["void"] + [f"{classes[int(s['category_id'])]}" + (f" #{k}" if s.get("isthing") else "")
                         for k, s in enumerate(segments, start=1)]
     overlay(rgb, index, names, palette(len(names), 0), background=0).save(path)
+
+
+def write_panoptic_ids(path: Path, ids: Any) -> None:
+    """The panoptic id map in the COCO panoptic PNG encoding (``id = R + 256 G + 256^2 B``; 0: no
+    segment), the ids of the JSON report's ``extras.panoptic.segments``."""
+    import numpy as np
+    from PIL import Image
+
+    ids = np.asarray(ids).astype(np.uint32)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
 
 
 def _to_json(v: Any) -> Any:
@@ -209,11 +234,11 @@ def segment(
         from tqdm import tqdm
 
         from .imageio import list_images, load_image
-        from .registry import create_segmenter, method_info
+        from .registry import create_segmenter, flag_options, method_info
         from .segmenter import image_id_kwargs
 
         method_info(method)
-        paths, opts = split_extra([str(p) for p in images] + list(ctx.args))
+        paths, opts = split_extra([str(p) for p in images] + list(ctx.args), flag_options(method))
         if not paths:
             raise InputError("give at least one image file or folder")
         files = list_images(paths)
@@ -276,6 +301,17 @@ def methods() -> None:
         info = method_info(name)
         table.add_row(name, info.paper, info.summary)
     Console().print(table)
+
+
+@app.command("pnp-tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                            "help_option_names": []}, add_help_option=False)
+def pnp_tune(ctx: typer.Context) -> None:
+    """PnP-OVSS label-free tuning: sweep layer, head and mask threshold on unlabelled images with
+    the paper's CLIP reward (``ovss pnp-tune --help`` for its options)."""
+    from .methods import pnp_ovss_tune
+
+    code = run_cli(lambda: pnp_ovss_tune.main(list(ctx.args)))
+    raise typer.Exit(int(code or 0))
 
 
 def _register_subcommands() -> None:

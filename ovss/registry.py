@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnknownNameError, did_you_mean
+from .errors import InputError, UnknownNameError, did_you_mean
 from .segmenter import Segmenter
 
 
@@ -63,6 +64,46 @@ def method_class(name: str) -> type[Segmenter]:
     return getattr(module, info.cls)
 
 
+def method_options(name: str) -> dict[str, inspect.Parameter] | None:
+    """Keyword options of the method's constructor (following ``**kwargs`` up to the parent
+    classes), by name; None when it takes any keyword."""
+    options: dict[str, inspect.Parameter] = {}
+    for klass in method_class(name).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                options.setdefault(p.name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return options
+    return None
+
+
+def flag_options(name: str) -> set[str]:
+    """The method's boolean options (``--panoptic`` on the command line needs no value)."""
+    options = method_options(name) or {}
+    return {n for n, p in options.items() if p.annotation in (bool, "bool") or isinstance(p.default, bool)}
+
+
+def check_options(method: str, kwargs: dict[str, Any]) -> None:
+    """Raise a one-line error for keyword options the method does not take.
+
+    Raises:
+        InputError: names the unknown option, the closest known one and the method's options.
+    """
+    options = method_options(method)
+    if options is None:
+        return
+    for key in kwargs:
+        if key not in options:
+            flag = key.replace("_", "-")
+            known = [n.replace("_", "-") for n in options]
+            raise InputError(f"{method} has no option {key!r} (--{flag}).{did_you_mean(flag, known)} "
+                             f"Its options: {', '.join(sorted(known))}")
+
+
 def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
     """Build the segmenter of ``method`` (see :func:`available_methods`) with its keyword options.
 
@@ -71,6 +112,8 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
 
     Raises:
         UnknownNameError: unknown method, model, tag or dataset protocol.
+        InputError: an option the method does not take, or a bad value.
         ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
     """
+    check_options(method, kwargs)
     return method_class(method)(**kwargs)

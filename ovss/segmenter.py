@@ -59,7 +59,7 @@ class Segmenter(abc.ABC):
     paper: ClassVar[str] = ""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
 
     @abc.abstractmethod
     def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
@@ -84,6 +84,54 @@ class Segmenter(abc.ABC):
     def settings(self) -> dict[str, Any]:
         """Every setting of this segmenter, JSON-able (written to the CLI's JSON report)."""
         return {"method": self.method, "device": str(self.device)}
+
+    @classmethod
+    def datasets(cls) -> list[str]:
+        """Benchmarks for which this method has an official protocol (``dataset=``)."""
+        from .protocols import protocol_datasets
+
+        return protocol_datasets(cls.method)
+
+
+def square_side(side: int, short_side: int | None = None, max_long_side: int | None = None) -> int:
+    """Side of a square network input given the test-size options every method takes: for a
+    square, short and long side coincide, so it is ``short_side`` (default ``side``) capped at
+    ``max_long_side``.
+
+    Raises:
+        InputError: a size below 1 pixel.
+    """
+    from .errors import InputError
+
+    for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):
+        if v is not None and int(v) < 1:
+            raise InputError(f"{name} must be at least 1 pixel, got {v}")
+    out = int(short_side) if short_side is not None else int(side)
+    return min(out, int(max_long_side)) if max_long_side is not None else out
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists on this machine.
+
+    Raises:
+        InputError: a name torch does not know ("gpu"), CUDA asked for where there is none, or
+            a GPU index beyond the GPUs present.
+    """
+    from .errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} asked for but CUDA is not available here: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {str(device)!r} asked for but MPS is not available here: use --device cpu")
+    return dev
 
 
 def image_id_kwargs(segmenter: Any, image_id: str) -> dict[str, Any]:

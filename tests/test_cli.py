@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ovss.cli import app, parse_extra
+from ovss import available_methods
+from ovss.cli import app, parse_extra, split_extra
 
 runner = CliRunner()
 
@@ -59,6 +61,54 @@ def test_segment_folder_with_class_file_and_method_options(tiny_args, photos, tm
         assert rep["settings"]["gaussian_std"] == 3.0 and rep["settings"]["protocol"]["pamr_steps"] == 2
 
 
+def _method_args(name: str, parity: Path) -> list[str]:
+    """CLI options that build ``name`` from the tiny random models of ``../shared/parity``."""
+    clip = ["--model", str(parity / "tiny_clip_b16.json"), "--pretrained", str(parity / "tiny_clip_b16.safetensors")]
+    fc, zs, zf = parity / "fc_clip", parity / "zsseg", parity / "zegformer"
+    return {
+        "proxyclip": clip + ["--proxy-model", str(parity / "proxyclip/tiny_dino_b8.json"),
+                             "--proxy-pretrained", str(parity / "proxyclip/tiny_dino_b8.safetensors")],
+        "clip_diy": clip + ["--saliency-model", str(parity / "clip_diy/tiny_dino_s8.json"),
+                            "--saliency-pretrained", str(parity / "clip_diy/tiny_dino_s8.safetensors"),
+                            "--saliency-head", str(parity / "clip_diy/tiny_found_decoder.safetensors")],
+        "pnp_ovss": ["--model", str(parity / "pnp_ovss/hf_tiny_blip_itm"), "--short-side", "160"],
+        "fc_clip": ["--model", str(fc / "convnext_fcclip_tiny.json"),
+                    "--pretrained", str(fc / "tiny_convnext_clip.safetensors"),
+                    "--checkpoint", str(fc / "fcclip_tiny.pth"), "--config", str(fc / "fcclip_tiny_config.yaml"),
+                    "--short-side", "128", "--panoptic"],
+        "zsseg": clip + ["--checkpoint", str(zs / "zsseg_tiny_r101c.pth"), "--config", str(zs / "zsseg_tiny_config.json"),
+                         "--short-side", "128"],
+        "zegformer": ["--model", str(zf / "tiny_clip_e512.json"), "--pretrained", str(zf / "tiny_clip_e512.safetensors"),
+                      "--checkpoint", str(zf / "zegformer_tiny_r101.pth"),
+                      "--config", str(zf / "zegformer_tiny_config.json"), "--short-side", "128"],
+    }.get(name, clip)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_method_from_the_command_line(method, parity_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    small = tmp_path / "cat.png"
+    Image.open(photos / "cat.jpg").resize((150, 100)).save(small)
+    extra = _method_args(method, parity_dir)
+    if method == "fc_clip":  # a boolean flag takes no value: the photo after it stays a photo
+        extra = extra[:-1] + ["--panoptic", str(small)]
+    else:
+        extra = [str(small)] + extra
+    r = runner.invoke(app, ["segment", *extra, "--classes", "cat, grass", "-m", method, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    labels = np.asarray(Image.open(out / "cat_labels.png"))
+    rep = json.loads((out / "cat.json").read_text())
+    assert labels.shape == (100, 150) and labels.max() < len(rep["classes"])
+    assert {"cat", "grass"} <= set(rep["classes"]) and rep["settings"]["method"] == method
+    assert abs(sum(rep["pixel_share"].values()) - 1) < 1e-6
+    assert Image.open(out / "cat_overlay.png").size[1] == 100
+    if method == "fc_clip":
+        ids = np.asarray(Image.open(out / "cat_panoptic_ids.png").convert("RGB")).astype(np.int64)
+        ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+        segments = rep["extras"]["panoptic"]["segments"]
+        assert set(np.unique(ids)) <= {0} | {s["id"] for s in segments}
+
+
 @pytest.mark.parametrize("args,msg", [
     (["segment", "missing.jpg", "-c", "cat"], "not found"),
     (["segment", "{photo}", "-c", "cat, cat"], "duplicate"),
@@ -66,17 +116,44 @@ def test_segment_folder_with_class_file_and_method_options(tiny_args, photos, tm
     (["segment", "{photo}"], "--classes"),
     (["segment", "{photo}", "-c", "cat", "-m", "nope"], "unknown method"),
     (["segment", "{photo}", "-c", "cat", "--dataset", "voc99"], "no sclip protocol"),
+    (["segment", "{notes}", "-c", "cat"], "cannot read"),
+    (["segment", "{photo}", "-c", "cat", "--device", "gpu"], "unknown device 'gpu'"),
+    (["segment", "{photo}", "-c", "cat", "--gausian-std", "3", "-m", "naclip"], "did you mean"),
+    (["segment", "{photo}", "-c", "cat", "-m", "clip_diy", "--crop", "64"], "clip_diy has no option 'crop'"),
+    (["segment", "{photo}", "-c", "cat", "--model", "ViT-Q-99", "--pretrained", "none"], "unknown CLIP model"),
+    (["segment", "{photo}", "-c", "cat", "--model", "ViT-B-32", "--pretrained", "{weights}"], "does not fit"),
 ])
 def test_errors_are_one_line(args, msg, photos, tiny_args, tmp_path):
-    args = [a.replace("{photo}", str(photos / "cat.jpg")) for a in args] + ["-o", str(tmp_path), *tiny_args]
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    subs = {"{photo}": str(photos / "cat.jpg"), "{notes}": str(notes), "{weights}": tiny_args[3]}
+    args = [subs.get(a, a) for a in args] + ["-o", str(tmp_path)]
+    if "--model" not in args:
+        args += tiny_args
     r = runner.invoke(app, args)
-    assert r.exit_code == 2
-    assert msg in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2, r.output
+    assert msg.lower() in r.output.lower() and "Traceback" not in r.output
+
+
+def test_offline_tag_is_one_line(photos, tmp_path, monkeypatch):
+    import ovss.backbones.clip as bc
+
+    monkeypatch.setattr(bc, "hub_file_cached", lambda repo, files: False)
+    monkeypatch.setattr(bc, "hub_reachable", lambda timeout=1.0: False)
+    r = runner.invoke(app, ["segment", str(photos / "cat.jpg"), "-c", "cat", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "--pretrained" in r.output and "Traceback" not in r.output
 
 
 def test_methods_command():
     r = runner.invoke(app, ["methods"])
     assert r.exit_code == 0 and "sclip" in r.output and "ECCV 2024" in r.output
+
+
+def test_split_extra_boolean_flags():
+    tokens = ["--panoptic", "a.jpg", "--beta", "2", "--crf", "false", "b.jpg", "--x=1"]
+    assert split_extra(tokens, {"panoptic", "crf"}) == (["a.jpg", "b.jpg"], {"panoptic": True, "beta": 2,
+                                                                             "crf": False, "x": 1})
+    assert split_extra(["--panoptic", "a.jpg"]) == ([], {"panoptic": "a.jpg"})  # unknown: takes a value
 
 
 def test_parse_extra():

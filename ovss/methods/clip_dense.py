@@ -258,6 +258,19 @@ def _cpu_has_bf16() -> bool:
         return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def long_side_option(long_side: int | None, max_long_side: int | None) -> int | None:
+    """``long_side`` and its alias ``max_long_side`` (the two-stage methods' and FC-CLIP's name)
+    as one value.
+
+    Raises:
+        InputError: both given, with different values.
+    """
+    if long_side is not None and max_long_side is not None and long_side != max_long_side:
+        raise InputError(f"long_side={long_side} and max_long_side={max_long_side} name the same "
+                         "setting: give one of them")
+    return long_side if long_side is not None else max_long_side
+
+
 class DenseCLIPSegmenter(Segmenter):
     """Training-free dense CLIP segmentation with a method-specific last block.
 
@@ -274,6 +287,8 @@ class DenseCLIPSegmenter(Segmenter):
         short_side, long_side, crop, stride, logit_scale, prob_threshold, area_threshold,
         pamr_steps, pamr_dilations: override the protocol's values (see
             :class:`ovss.protocols.Protocol`); ``crop=0`` runs the whole image.
+        max_long_side: the name the other methods give ``long_side`` (the resized image's
+            longer side is at most this many pixels).
         templates: prompt templates (default: the 80 OpenAI ImageNet templates).
         batch_size: sliding windows per forward pass; None or "auto" (default): as many as
             :func:`memory_budget` allows (at most 32). Results do not depend on it.
@@ -308,7 +323,8 @@ class DenseCLIPSegmenter(Segmenter):
     def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", dataset: str | None = None,
                  device: str | torch.device = "cpu", *, classes: ClassesInput | None = None,
                  background: Sequence[str] | str | None = None, short_side: int | None = None,
-                 long_side: int | None = None, crop: int | None = None, stride: int | None = None,
+                 long_side: int | None = None, max_long_side: int | None = None, crop: int | None = None,
+                 stride: int | None = None,
                  logit_scale: float | None = None, prob_threshold: float | None = None,
                  area_threshold: float | None = None, pamr_steps: int | None = None,
                  pamr_dilations: Sequence[int] | None = None, templates: Sequence[str] | None = None,
@@ -322,7 +338,7 @@ class DenseCLIPSegmenter(Segmenter):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.protocol: Protocol = get_protocol(self.method, dataset).with_overrides(
-            short_side=short_side, long_side=long_side, crop=crop, stride=stride, logit_scale=logit_scale,
+            short_side=short_side, long_side=long_side_option(long_side, max_long_side), crop=crop, stride=stride, logit_scale=logit_scale,
             prob_threshold=prob_threshold, area_threshold=area_threshold, pamr_steps=pamr_steps,
             pamr_dilations=tuple(pamr_dilations) if pamr_dilations is not None else None)
         p = self.protocol

@@ -51,7 +51,7 @@ from ..backbones.clip import LoadedCLIP, load_clip
 from ..backbones.dino import IMAGENET_MEAN, IMAGENET_STD, LoadedViT, last_block_keys, load_vit
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, load_image
-from ..segmenter import SegmentationResult, Segmenter
+from ..segmenter import SegmentationResult, Segmenter, square_side
 from ..text import class_embeddings
 from ..vocabulary import BACKGROUND, ClassesInput, Vocabulary, parse_classes
 
@@ -173,7 +173,9 @@ class CLIPDIY(Segmenter):
         saliency_head: FOUND decoder file (see :func:`load_found_decoder`); required with a
             saliency model.
         variant: "eval" (evaluation script) or "notebook" (``demo.ipynb``).
-        img_size: working resolution (256).
+        img_size: working resolution (256): the image is resized to an img_size x img_size square.
+        short_side, max_long_side: the test-size options of every method; for this square input
+            they set ``img_size`` (``short_side``, capped at ``max_long_side``).
         patch_sizes: patch sides in pixels on the working image (256, 128, 64).
         stride_divisor: patch step = ``ps // stride_divisor`` (2).
         patch_weights: per-scale weights applied before the mean (1, 1, 1).
@@ -193,14 +195,21 @@ class CLIPDIY(Segmenter):
     method = "clip_diy"
     paper = "Wysoczanska et al., WACV 2024 (CLIP-DIY)"
 
+    @classmethod
+    def datasets(cls) -> list[str]:
+        """Benchmarks with an official CLIP-DIY protocol."""
+        return list(DATASET_CLASSES)
+
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k",
                  dataset: str | None = None, device: str | torch.device = "cpu", *,
                  classes: ClassesInput | None = None, saliency_model: str | None = "vit_small_patch8_224.dino",
                  saliency_pretrained: str | None = None, saliency_head: str | None = None, variant: str = "eval",
                  img_size: int = 256, patch_sizes: Sequence[int] = (256, 128, 64), stride_divisor: int = 2,
                  patch_weights: Sequence[float] | None = None, saliency_max_side: int | None = 1024,
-                 batch_size: int = 32, use_cache: bool = True, clip: LoadedCLIP | None = None) -> None:
+                 batch_size: int = 32, use_cache: bool = True, clip: LoadedCLIP | None = None,
+                 short_side: int | None = None, max_long_side: int | None = None) -> None:
         super().__init__(device)
+        img_size = square_side(img_size, short_side, max_long_side)
         if variant not in VARIANTS:
             raise UnknownNameError(f"unknown CLIP-DIY variant {variant!r}.{did_you_mean(variant, list(VARIANTS))} "
                                    "Use 'eval' (evaluation script) or 'notebook' (demo.ipynb)")
@@ -247,7 +256,8 @@ class CLIPDIY(Segmenter):
         if saliency_model:
             if not saliency_head:
                 raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH "
-                                     "(--saliency-head, FOUND's decoder_weights.pt), or saliency_model=None "
+                                     "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
+                                     "FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
             self.saliency = load_vit(saliency_model, saliency_pretrained, self.device, flag="--saliency-model",
                                      pretrained_flag="--saliency-pretrained")

@@ -13,6 +13,7 @@ scores = ``sum_q p(q, c) * sigmoid(mask_q)``; panoptic = Mask2Former's rule.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -298,6 +299,11 @@ class FCCLIP(Segmenter):
     method = "fc_clip"
     paper = "Yu et al., NeurIPS 2023 (FC-CLIP)"
 
+    @classmethod
+    def datasets(cls) -> list[str]:
+        """Benchmarks with an official FC-CLIP protocol."""
+        return list(PROTOCOLS)
+
     def __init__(self, model: str = "convnext_large_d_320", pretrained: str = "laion2b_s29b_b131k_ft_soup",
                  checkpoint: str | Path | None = None, config: str | Path | None = None, dataset: str | None = "ade20k",
                  panoptic: bool = False, device: str | torch.device = "cpu", short_side: int | None = None,
@@ -324,6 +330,13 @@ class FCCLIP(Segmenter):
         default_long = self.cfg.max_size_test or (self.protocol.max_long_side if self.protocol else 1333)
         self.short_side = int(short_side or default_short)
         self.max_long_side = int(max_long_side or default_long)
+        if (self.protocol and short_side is None and self.cfg.min_size_test
+                and self.cfg.min_size_test != self.protocol.short_side):
+            # as the official code, the config decides; the published numbers use the dataset's eval config
+            warnings.warn(f"the config's INPUT.MIN_SIZE_TEST {self.cfg.min_size_test} is not the official "
+                          f"{self.dataset} test size {self.protocol.short_side}: pass short_side="
+                          f"{self.protocol.short_side} (--short-side) or that dataset's eval config for the "
+                          "published protocol", stacklevel=2)
         self.alpha = self.cfg.alpha if alpha is None else float(alpha)
         self.beta = self.cfg.beta if beta is None else float(beta)
         self.train_vocab = dataset_vocabulary(TRAIN_DATASET)

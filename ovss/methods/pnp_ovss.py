@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, load_image
-from ..segmenter import SegmentationResult, Segmenter
+from ..segmenter import SegmentationResult, Segmenter, square_side
 from ..vocabulary import ClassesInput, Vocabulary, parse_classes
 
 OFFICIAL_MAIN = "PnP_OVSS_0514_updated_segmentation.py"
@@ -615,11 +615,18 @@ class PnPOVSS(Segmenter):
         gpt4o_min_prob: GPT-4o classes kept when their stated probability exceeds this (official 70).
         pretrained: a local BLIP ITM directory (then used instead of ``model``); anything else
             (e.g. the CLI's open_clip tag default) is ignored: BLIP weights come with ``model``.
+        short_side, max_long_side: the test-size options of every method; for this square input
+            they set ``image_size`` (``short_side``, capped at ``max_long_side``).
     """
 
     method: ClassVar[str] = "pnp_ovss"
     paper: ClassVar[str] = ("Luo et al., Emergent Open-Vocabulary Semantic Segmentation from "
                             "Off-the-shelf Vision-Language Models (PnP-OVSS), CVPR 2024")
+
+    @classmethod
+    def datasets(cls) -> list[str]:
+        """Benchmarks with an official PnP-OVSS protocol."""
+        return list(PROTOCOLS)
 
     def __init__(self, model: str = "Salesforce/blip-itm-large-coco", dataset: str | None = None,
                  image_size: int = 336, device: str = "cpu", layer: int = 8, head: int = 9,
@@ -628,10 +635,10 @@ class PnPOVSS(Segmenter):
                  blur_scale: float = 0.05, crf: bool = True, crf_iterations: int = 10,
                  merge: str | None = None, rescale_after_upsample: bool | None = None,
                  class_lists: str | dict[str, str] | None = None, gpt4o_min_prob: int = 70,
-                 pretrained: str | None = None) -> None:
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {device!r} asked for but CUDA is not available: use device='cpu'")
+                 pretrained: str | None = None, short_side: int | None = None,
+                 max_long_side: int | None = None) -> None:
         super().__init__(device)
+        image_size = square_side(image_size, short_side, max_long_side)
         if pretrained and Path(pretrained).is_dir():
             model = pretrained  # a local BLIP directory given the CLIP way; CLIP tags ("openai") are ignored
         self.protocol = get_protocol(dataset) if dataset else None

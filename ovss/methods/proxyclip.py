@@ -129,7 +129,8 @@ class ProxyCLIP(DenseCLIPSegmenter):
                  device: str | torch.device = "cpu", *, proxy_model: str = "vit_base_patch8_224.dino",
                  proxy_pretrained: str | None = None, beta: float = 1.2, gamma: float = 3.0,
                  classes: ClassesInput | None = None, background: Sequence[str] | str | None = None,
-                 short_side: int | None = None, long_side: int | None = None, crop: int | None = None,
+                 short_side: int | None = None, long_side: int | None = None,
+                 max_long_side: int | None = None, crop: int | None = None,
                  stride: int | None = None, logit_scale: float | None = None, prob_threshold: float | None = None,
                  templates: Sequence[str] | None = None, batch_size: int = 8, precision: str = "fp32",
                  use_cache: bool = True, clip: LoadedCLIP | None = None) -> None:
@@ -138,7 +139,8 @@ class ProxyCLIP(DenseCLIPSegmenter):
         if not (math.isfinite(gamma) and gamma > 0):
             raise InputError(f"gamma must be a positive number, got {gamma}")
         super().__init__(model, pretrained, dataset, device, classes=classes, background=background,
-                         short_side=short_side, long_side=long_side, crop=crop, stride=stride,
+                         short_side=short_side, long_side=long_side, max_long_side=max_long_side,
+                         crop=crop, stride=stride,
                          logit_scale=logit_scale, prob_threshold=prob_threshold, templates=templates,
                          batch_size=batch_size, precision=precision, use_cache=use_cache, clip=clip)
         self.beta = float(beta)

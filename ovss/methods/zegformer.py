@@ -132,6 +132,11 @@ class ZegFormer(Segmenter):
     method = "zegformer"
     paper = "Ding et al., CVPR 2022 (ZegFormer)"
 
+    @classmethod
+    def datasets(cls) -> list[str]:
+        """Benchmarks with an official ZegFormer protocol."""
+        return list(PROTOCOLS)
+
     def __init__(self, model: str = "ViT-B-16", pretrained: str = "openai", checkpoint: str | Path | None = None,
                  config: str | Path | dict[str, Any] | None = None, dataset: str = "coco_stuff",
                  short_side: int | None = None, max_long_side: int | None = None, device: str = "cpu", *,
