@@ -22,8 +22,8 @@ from PIL import Image
 gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio gradio_client)")
 
 from ovss.demo.app import (  # noqa: E402
-    NO_DATASET, DemoBackend, DemoConfig, ModelCache, _display, build_demo, check_classes, check_photo, custom_settings,
-    launch, method_kwargs,
+    NO_DATASET, DemoBackend, DemoConfig, ModelCache, _backbone_for, _datasets_for, _display, build_demo, check_classes,
+    check_photo, custom_settings, launch, method_defaults, method_kwargs,
 )
 from ovss.errors import InputError  # noqa: E402
 
@@ -288,6 +288,17 @@ def test_model_cache_keeps_and_evicts() -> None:
     assert len(cache) == 2 and cache.loads == 3
     cache.get("sclip", {"model": "m", "pretrained": "p", "device": "cpu"})  # evicted: loads again
     assert cache.loads == 4
+
+
+def test_method_change_follows_the_method_defaults(tiny_clip_files: tuple[str, str]) -> None:
+    assert method_defaults("sclip") == ("ViT-B-16", "openai")
+    assert method_defaults("pnp_ovss") == ("Salesforce/blip-itm-large-coco", "")
+    assert _backbone_for("pnp_ovss", "ViT-B-16", "openai") == method_defaults("pnp_ovss")  # another's default
+    assert _backbone_for("clip_diy", "", "") == method_defaults("clip_diy")                  # blank
+    assert _backbone_for("pnp_ovss", *tiny_clip_files) == tiny_clip_files                   # typed: kept
+    # every method lists its own protocols, not the CLIP family's table
+    assert _datasets_for("clip_diy") == [NO_DATASET, "voc21", "coco_object"]
+    assert "coco_panoptic" in _datasets_for("fc_clip") and "context59" in _datasets_for("pnp_ovss")
 
 
 def test_locked_model_ignores_page_fields() -> None:

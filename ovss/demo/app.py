@@ -15,7 +15,6 @@ raises ``gr.Error`` with the one-line message of the :mod:`ovss.errors` class, n
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -36,8 +35,8 @@ from PIL import Image
 
 from ..errors import InputError, ModelLoadError, OvssError
 from ..imageio import load_image
-from ..protocols import DATASETS, protocol_datasets
-from ..registry import available_methods, method_class, method_info
+from ..protocols import DATASETS
+from ..registry import available_methods, method_class, method_info, method_options
 from ..segmenter import SegmentationResult, Segmenter
 from ..visualize import palette
 from ..vocabulary import Vocabulary, parse_classes
@@ -165,18 +164,9 @@ def _release_memory() -> None:
 
 
 def accepted_options(method: str) -> set[str] | None:
-    """Keyword options the method's constructor takes (following ``**kwargs`` to the parents),
-    or None when it takes any."""
-    names: set[str] = set()
-    for klass in method_class(method).__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {"self"}
-    return None
+    """Keyword options the method's constructor takes, or None when it takes any."""
+    options = method_options(method)
+    return None if options is None else set(options)
 
 
 def method_kwargs(method: str, model: str | None, pretrained: str | None, device: str | None,
@@ -387,8 +377,13 @@ def write_files(rgb: np.ndarray, res: SegmentationResult, stem: str, info: dict[
 
 
 def example_photos(folder: Path | None = None) -> list[list[str]]:
-    """Write the scikit-image example photos as PNGs (once) and return ``[[path, classes], ...]``."""
-    from skimage import data
+    """Write the scikit-image example photos as PNGs (once) and return ``[[path, classes], ...]``
+    (empty without scikit-image: the page works without examples)."""
+    try:
+        from skimage import data
+    except ImportError:
+        log.warning("scikit-image is not installed: no example photos (pip install scikit-image)")
+        return []
 
     folder = folder or WORK_DIR / "examples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -412,10 +407,26 @@ class PhotoInput(gr.Image):
     """``gr.Image`` that answers a file which is not an image, or a huge one, with a readable
     message instead of gradio's bare "Error" (gradio opens uploads with Pillow before our code)."""
 
+    #: largest photo accepted (set from :class:`DemoConfig` after construction: gradio sends the
+    #: constructor's arguments to the page, which knows no such property)
+    max_megapixels: float = 40.0
+
     def get_block_name(self) -> str:
         return "image"
 
     def preprocess(self, payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        if path:  # the header alone gives the size: refuse a huge photo before gradio decodes it
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(path) as im:
+                        w, h = im.size
+            except Exception:  # not an image, or a bomb Pillow refuses: handled below
+                w = h = 0
+            if w * h > self.max_megapixels * 1e6:
+                raise gr.Error(f"the photo is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                               f"{self.max_megapixels:g}: resize it first", print_exception=False)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -507,7 +518,9 @@ class DemoBackend:
             for k, (m, opts) in enumerate(((method, options), (method_b, options_b))):
                 def sub(frac: float, desc: str = "", k: int = k, m: str = m) -> None:
                     progress(0.5 * k + 0.5 * frac, desc=f"{m}: {desc}")
-                outs.append(self.run(photo, classes, background, prob_threshold, m, model, pretrained, device,
+                # the second method keeps a typed backbone, else takes its own default one
+                mdl, pre = (model, pretrained) if k == 0 else _backbone_for(m, model, pretrained)
+                outs.append(self.run(photo, classes, background, prob_threshold, m, mdl, pre, device,
                                      dataset, short_side, crop, stride, opts, sub))
             (rgb, ra, ia), (_, rb, ib) = outs
             table = compare_table(ra, rb, method, method_b if method_b != method else f"{method_b} (2)")
@@ -556,11 +569,34 @@ def _readable(fn: Callable[[], Any]) -> Any:
 
 def _datasets_for(method: str) -> list[str]:
     try:
-        method_class(method)  # importing the module registers its protocol table
-        found = protocol_datasets(method)
+        found = method_class(method).datasets()
     except Exception:  # an optional dependency of that method is missing: still offer the list
         found = []
     return [NO_DATASET] + (found or list(DATASETS))
+
+
+def method_defaults(method: str) -> tuple[str, str]:
+    """(model, pretrained) the method uses when the boxes are blank (its constructor defaults)."""
+    options = method_options(method) or {}
+    out = []
+    for name in ("model", "pretrained"):
+        p = options.get(name)
+        out.append(p.default if p is not None and isinstance(p.default, str) else "")
+    return out[0], out[1]
+
+
+def _backbone_for(method: str, model: str | None, pretrained: str | None) -> tuple[str, str]:
+    """The backbone boxes for ``method``: kept when they hold a backbone the user typed, the
+    method's own default when blank or holding another method's default."""
+    current = ((model or "").strip(), (pretrained or "").strip())
+    if not current[0] or current in {method_defaults(m) for m in available_methods()}:
+        return method_defaults(method)
+    return current
+
+
+def _on_method_change(method: str, model: str | None, pretrained: str | None) -> tuple[Any, str, str]:
+    """A new method: its protocols in the dataset list, the backbone boxes as :func:`_backbone_for`."""
+    return (gr.Dropdown(choices=_datasets_for(method), value=NO_DATASET), *_backbone_for(method, model, pretrained))
 
 
 def _devices() -> list[str]:
@@ -610,6 +646,7 @@ def build_demo(model: str | None = None, pretrained: str | None = _UNSET, device
             with gr.Column(scale=5, min_width=320):
                 photo = PhotoInput(label="photo (upload, paste or drop)", type="filepath", image_mode=None,
                                    sources=["upload", "clipboard"], height=340, elem_id="ovss-image")
+                photo.max_megapixels = cfg.max_megapixels
                 classes = gr.Textbox(label="classes", lines=3, elem_id="ovss-classes",
                                      placeholder="cat, sofa, window\n— or one class a line, synonyms after "
                                                  "commas:\nperson, man, woman\nsky")
@@ -682,8 +719,8 @@ def build_demo(model: str | None = None, pretrained: str | None = _UNSET, device
                   concurrency_id="ovss", concurrency_limit=cfg.concurrency)
         run_b.click(backend.compare, inputs + [method_b, options_b], [result_a, result_b, table_b, status_b],
                     api_name="compare", concurrency_id="ovss", concurrency_limit=cfg.concurrency)
-        method_box.change(lambda m: gr.Dropdown(choices=_datasets_for(m), value=NO_DATASET), method_box,
-                          dataset_box, api_visibility="private", queue=False)
+        method_box.change(_on_method_change, [method_box, model_box, pretrained_box],
+                          [dataset_box, model_box, pretrained_box], api_visibility="private", queue=False)
     demo.queue(max_size=cfg.max_queue, default_concurrency_limit=cfg.concurrency)
     demo.ovss_backend = backend  # type: ignore[attr-defined]  # for tests and embedding
     return demo
