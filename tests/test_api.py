@@ -149,7 +149,11 @@ def test_text_cache_skips_encoding_on_second_run(tiny_clip_files, photo, monkeyp
     model, weights = tiny_clip_files
     ovss.create_segmenter("sclip", model=model, pretrained=weights).predict(photo, classes=["zebra", "grass"])
     calls = []
-    real = text.encode_prompts
-    monkeypatch.setattr(text, "encode_prompts", lambda *a, **k: calls.append(1) or real(*a, **k))
-    res = ovss.create_segmenter("sclip", model=model, pretrained=weights).predict(photo, classes=["zebra", "grass"])
+    for name in ("encode_prompts", "encode_template_prompts"):  # every way text gets encoded
+        real = getattr(text, name)
+        monkeypatch.setattr(text, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    seg = ovss.create_segmenter("sclip", model=model, pretrained=weights)
+    res = seg.predict(photo, classes=["zebra", "grass"])
     assert calls == [] and res.logits.shape[0] == 2
+    seg.predict(photo, classes=["zebra", "sky"])  # a new class list is encoded (the probe works)
+    assert calls

@@ -388,6 +388,31 @@ def test_tuning_sweep(free_seg, voc_seg, tiny_clip, chelsea, voc_run) -> None:
         T.sweep(seg, [chelsea], tiny_clip, classes=["cat"], heads=[12])
 
 
+def test_tuning_command(tiny_model, tiny_clip_files, chelsea, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ovss.cli import app
+
+    Image.fromarray(chelsea).save(tmp_path / "cat.png")
+    out = tmp_path / "scores.json"
+    r = CliRunner().invoke(app, ["pnp-tune", "--images", str(tmp_path / "cat.png"), "--classes", "cat, sofa",
+                                 "--model", tiny_model, "--image-size", "160", "--clip-model", tiny_clip_files[0],
+                                 "--clip-pretrained", tiny_clip_files[1], "--heads", "8-9", "--min-att", "0.15",
+                                 "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    scores = json.loads(out.read_text())
+    assert [s["head"] for s in scores] in ([8, 9], [9, 8]) and all(s["max_reward"] == 2 for s in scores)
+    best = scores[0]
+    assert f"--layer 8 --head {best['head']} --threshold 0.15" in r.output
+    bad = CliRunner().invoke(app, ["pnp-tune", "--images", str(tmp_path / "missing.png"), "--classes", "cat",
+                                   "--model", tiny_model, "--image-size", "160", "--clip-model", tiny_clip_files[0],
+                                   "--clip-pretrained", tiny_clip_files[1], "--heads", "9"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_cuda_unavailable_message(tiny_model) -> None:
     with pytest.raises(InputError, match="CUDA is not available"):

@@ -250,10 +250,11 @@ def sweep(segmenter: PnPOVSS, images: Sequence[Any], clip: Any, classes: Any = N
     return sorted(scores.values(), key=lambda t: (-t.reward, -t.reward_scaled, order[t.setting]))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ovss.methods.pnp_ovss_tune --images DIR --classes "cat, dog" --clip-model ViT-B-16
-    --clip-pretrained openai``: print the best setting and write every score as JSON."""
-    ap = argparse.ArgumentParser(prog="pnp_ovss_tune", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "ovss pnp-tune") -> int:
+    """``ovss pnp-tune --images DIR --classes "cat, dog" --clip-model ViT-B-16 --clip-pretrained
+    openai`` (or ``python -m ovss.methods.pnp_ovss_tune``): print the best setting as the
+    ``ovss segment --method pnp_ovss`` options that use it, and write every score as JSON."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", nargs="+", required=True, help="image files or folders (no labels needed)")
     ap.add_argument("--classes", default=None, help="class names (comma separated or a class file)")
     ap.add_argument("--dataset", default=None, help="PnP-OVSS protocol (voc21, context59, ...)")
@@ -287,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = results[0]
     print(f"best: layer={best.setting.layer} head={best.setting.head} min_att={best.setting.min_att:g} "
           f"reward={best.reward}/{best.max_reward} scaled={best.reward_scaled:.3f}")
+    # min_att is the per-class min-max threshold of the maps: the segmenter's ``threshold``
+    print(f"use it: ovss segment ... --method pnp_ovss --layer {best.setting.layer} "
+          f"--head {best.setting.head} --threshold {best.setting.min_att:g}")
     if args.output:
         Path(args.output).write_text(json.dumps([{**asdict(r.setting), "reward": r.reward,
                                                   "reward_scaled": r.reward_scaled,
@@ -296,4 +300,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m ovss.methods.pnp_ovss_tune"))
