@@ -289,18 +289,39 @@ def segment(
 
 
 @app.command()
-def methods() -> None:
-    """List the available methods with their paper."""
-    from .registry import available_methods, method_info
+def methods(name: Optional[str] = typer.Argument(None, help="A method: show its protocols and options.")) -> None:
+    """List the available methods with their paper; with a NAME, its official protocols and options."""
+    from .registry import available_methods, method_class, method_info, method_options
 
-    table = Table(title="ovss methods")
-    table.add_column("method", style="bold")
-    table.add_column("paper")
-    table.add_column("what it does")
-    for name in available_methods():
+    if name is None:
+        table = Table(title="ovss methods (ovss methods NAME: its protocols and options)")
+        table.add_column("method", style="bold")
+        table.add_column("paper")
+        table.add_column("what it does")
+        for m in available_methods():
+            info = method_info(m)
+            table.add_row(m, info.paper, info.summary)
+        Console().print(table)
+        return
+
+    def show() -> None:
         info = method_info(name)
-        table.add_row(name, info.paper, info.summary)
-    Console().print(table)
+        datasets = method_class(name).datasets()
+        options = method_options(name) or {}
+        out = Console()
+        out.print(f"[bold]{name}[/]: {info.paper}\n{info.summary}\n")
+        out.print(f"official protocols (--dataset): {', '.join(datasets) or 'none'}\n")
+        table = Table(title="options (--name value on the command line)")
+        table.add_column("option", style="bold")
+        table.add_column("default")
+        for opt, p in options.items():
+            if opt in ("clip", "classes"):
+                continue  # Python-only
+            default = "required" if p.default is p.empty else repr(p.default)
+            table.add_row("--" + opt.replace("_", "-"), default)
+        out.print(table)
+
+    run_cli(show)
 
 
 @app.command("pnp-tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

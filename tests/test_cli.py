@@ -147,6 +147,10 @@ def test_offline_tag_is_one_line(photos, tmp_path, monkeypatch):
 def test_methods_command():
     r = runner.invoke(app, ["methods"])
     assert r.exit_code == 0 and "sclip" in r.output and "ECCV 2024" in r.output
+    r = runner.invoke(app, ["methods", "naclip"])
+    assert r.exit_code == 0 and "context59" in r.output and "--gaussian-std" in r.output
+    r = runner.invoke(app, ["methods", "nacl1p"])
+    assert r.exit_code == 2 and "unknown method" in r.output
 
 
 def test_split_extra_boolean_flags():
