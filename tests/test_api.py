@@ -135,6 +135,22 @@ def test_offline_hub_fails_fast(monkeypatch):
     assert time.perf_counter() - t < 30  # no retries against the network (typically < 1 s)
 
 
+def test_offline_hub_probe_unmocked(monkeypatch):
+    """The real reachability probe against an endpoint that refuses connections (only the local
+    hub cache is taken out of the picture, so a machine that has the weights cached still tests)."""
+    import time
+
+    import ovss.backbones.clip as bc
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(bc, "hub_file_cached", lambda repo, files: False)
+    t = time.perf_counter()
+    assert bc.hub_reachable(timeout=1.0) is False
+    with pytest.raises(ModelLoadError, match=r"ViT-B-16 \(pretrained='openai'\).*--pretrained"):
+        ovss.create_segmenter("sclip", model="ViT-B-16", pretrained="openai")
+    assert time.perf_counter() - t < 5
+
+
 def test_vanilla_and_maskclip_options(tiny_clip, photo):
     a = ovss.create_segmenter("vanilla", clip=tiny_clip, residual=False).predict(photo, classes=["cat", "wall"])
     b = ovss.create_segmenter("vanilla", clip=tiny_clip).predict(photo, classes=["cat", "wall"])

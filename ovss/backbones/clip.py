@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -92,11 +93,29 @@ def hub_reachable(timeout: float = 1.0) -> bool:
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    # the name lookup has no timeout of its own (a dead DNS server blocks for many seconds):
+    # resolve in a daemon thread and give up after ``timeout``
+    found: list[Any] = []
+    lookup = threading.Thread(target=lambda: found.append(_resolve(host, port)), daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    if not found or not found[0]:
+        return False
+    family, kind, proto, _, address = found[0][0]
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(timeout)
+            sock.connect(address)
             return True
     except OSError:
         return False
+
+
+def _resolve(host: str, port: int) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
 
 
 @contextlib.contextmanager
