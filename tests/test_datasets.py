@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +10,84 @@ import pytest
 from PIL import Image
 
 from ovss.data import available_datasets, get_dataset, open_dataset, read_label
-from ovss.data.datasets import Layout
+from ovss.data.datasets import Layout, PanopticFiles, id2rgb, panoptic_to_semantic, read_panoptic_png, rgb2id
 from ovss.errors import DatasetError, UnknownNameError
 
 
+def panoptic_categories(name: str) -> list[dict]:
+    """The panoptic JSON ``categories`` of ``name`` (COCO's ids 1..200 with gaps, 80 things
+    first; ADE20K's ids 0..149 with FC-CLIP's thing list)."""
+    from ovss.methods.fc_clip import _ADE150_THINGS
+    from ovss.vocabulary import packaged_class_file
+
+    spec = get_dataset(name)
+    if name == "coco_panoptic":
+        lines = packaged_class_file("fc_clip", "coco_panoptic_with_prompt_eng.txt").read_text().splitlines()
+        ids = [int(line.split(":")[0]) for line in lines if line.strip() and not line.endswith("invalid_class_id")]
+        things = set(range(80))
+    else:
+        ids, things = list(range(spec.num_classes)), set(_ADE150_THINGS)
+    return [{"id": c, "name": n, "isthing": int(k in things)} for k, (c, n) in enumerate(zip(ids, spec.classes))]
+
+
+def random_panoptic(rng: np.random.Generator, size: tuple[int, int], categories: list[dict], n: int = 6,
+                    crowd: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """Overlapping rectangles with large random segment ids (all three RGB channels used), a
+    void rectangle and optionally one crowd segment; ``segments_info`` with dataset category
+    ids and the pixel areas."""
+    h, w = size
+    ids = np.zeros(size, dtype=np.int64)
+    seg_ids = np.unique(rng.integers(1, 256 ** 3, size=n))
+    for sid in seg_ids:
+        y0, x0 = int(rng.integers(0, h - 2)), int(rng.integers(0, w - 2))
+        ids[y0:y0 + int(rng.integers(2, h)), x0:x0 + int(rng.integers(2, w))] = sid
+    ids[: h // 5, : w // 4] = 0  # void
+    present = [int(s) for s in seg_ids if (ids == s).any()]
+    segments = [{"id": sid, "category_id": int(categories[int(rng.integers(0, len(categories)))]["id"]),
+                 "iscrowd": int(crowd and k == 0), "area": int((ids == sid).sum())}
+                for k, sid in enumerate(present)]
+    return ids, segments
+
+
+def write_panoptic(root: Path, files: PanopticFiles, stems: list[str], name: str, size: tuple[int, int],
+                   seed: int = 0, maps: dict[str, tuple[np.ndarray, list[dict]]] | None = None
+                   ) -> dict[str, tuple[np.ndarray, list[dict]]]:
+    """Write COCO-panoptic ground truth of ``stems`` (random, or the given ``maps`` with dataset
+    category ids): the RGB PNGs and the JSON; return stem -> (ids, segments_info)."""
+    rng = np.random.default_rng(seed)
+    categories = panoptic_categories(name)
+    (root / files.png_dir).mkdir(parents=True, exist_ok=True)
+    out, annotations, images = {}, [], []
+    for k, stem in enumerate(stems):
+        ids, segments = (maps or {}).get(stem) or random_panoptic(rng, size, categories)
+        Image.fromarray(id2rgb(ids)).save(root / files.png_dir / f"{stem}.png")
+        image_id = k + 1 if name == "coco_panoptic" else stem  # COCO: integer ids; Mask2Former's ADE: the stem
+        annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
+        images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": ids.shape[0], "width": ids.shape[1]})
+        out[stem] = (ids, segments)
+    json_path = root / files.json_file
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return out
+
+
+def contiguous_segments(name: str, segments: list[dict]) -> list[dict]:
+    """``segments_info`` with the dataset's category ids mapped to class indices (sorted ids)."""
+    to_k = {c["id"]: k for k, c in enumerate(sorted(panoptic_categories(name), key=lambda c: c["id"]))}
+    return [{**s, "category_id": to_k[s["category_id"]]} for s in segments]
+
+
 def build(root: Path, name: str, layout: Layout, n: int = 3, seed: int = 0, size: tuple[int, int] = (12, 16),
-          extra_images: int = 0) -> list[tuple[str, np.ndarray]]:
-    """Write ``n`` image/label pairs of ``name`` in ``layout`` under ``root``; return (id, stored label)."""
+          extra_images: int = 0, panoptic: bool | None = None) -> list[tuple[str, np.ndarray]]:
+    """Write ``n`` image/label pairs of ``name`` in ``layout`` under ``root``; return (id, stored label).
+
+    With panoptic ground truth (required by the layout, or ``panoptic=True``) the semantic labels
+    are those of the panoptic annotation, as Mask2Former's converter writes them."""
     spec = get_dataset(name)
     rng = np.random.default_rng(seed)
     ids = [f"city{k % 2}/img_{k:03d}" if layout.recursive else f"img_{k:03d}" for k in range(n + extra_images)]
+    with_pan = layout.panoptic is not None and (layout.panoptic.required if panoptic is None else panoptic)
+    pan = write_panoptic(root, layout.panoptic, ids[:n], name, size, seed) if with_pan else {}
     out = []
     for k, i in enumerate(ids):
         img = root / layout.image_dir / f"{i}{layout.image_suffix}"
@@ -26,13 +95,19 @@ def build(root: Path, name: str, layout: Layout, n: int = 3, seed: int = 0, size
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(img)
         if k >= n:
             continue  # an image outside the split / without label
-        top = spec.num_classes + (1 if layout.reduce_zero_label else 0)
-        lab = rng.integers(0, top, size=size)
-        lab[0, :3] = spec.ignore_index
-        lab_path = root / layout.label_dir / f"{i}{layout.label_suffix}"
-        lab_path.parent.mkdir(parents=True, exist_ok=True)
-        dtype = np.uint16 if spec.label_dtype == "uint16" else np.uint8
-        Image.fromarray(lab.astype(dtype)).save(lab_path)
+        if with_pan:
+            lab = panoptic_to_semantic(pan[i][0], contiguous_segments(name, pan[i][1]), spec.ignore_index)
+            if layout.reduce_zero_label:  # stored as mmseg's 1..150 with 0 = other
+                lab = np.where(lab == spec.ignore_index, 0, lab + 1)
+        else:
+            top = spec.num_classes + (1 if layout.reduce_zero_label else 0)
+            lab = rng.integers(0, top, size=size)
+            lab[0, :3] = spec.ignore_index
+        if not layout.labels_from_panoptic:
+            lab_path = root / layout.label_dir / f"{i}{layout.label_suffix}"
+            lab_path.parent.mkdir(parents=True, exist_ok=True)
+            dtype = np.uint16 if spec.label_dtype == "uint16" else np.uint8
+            Image.fromarray(lab.astype(dtype)).save(lab_path)
         out.append((i, lab))
     if layout.split_file:
         split = root / layout.split_file
@@ -106,7 +181,7 @@ def test_tiff_16bit_labels(tmp_path: Path) -> None:
 
 def test_class_lists_and_splits() -> None:
     counts = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81, "coco_stuff": 171,
-              "cityscapes": 19, "ade20k": 150, "ade847": 847, "context459": 459}
+              "cityscapes": 19, "ade20k": 150, "ade847": 847, "context459": 459, "coco_panoptic": 133}
     assert {n: get_dataset(n).num_classes for n in available_datasets()} == counts
     voc20 = get_dataset("voc20")
     assert [voc20.classes[i] for i in voc20.unseen_indices] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -119,6 +194,9 @@ def test_class_lists_and_splits() -> None:
     assert get_dataset("ade20k").classes[:3] == ("wall", "building", "sky")
     assert get_dataset("ade847").ignore_index == 65535 and get_dataset("context459").ignore_index == 65535
     assert get_dataset("cityscapes").classes[6] == "traffic light"
+    pan = get_dataset("coco_panoptic").classes
+    assert pan[:3] == ("person", "bicycle", "car") and pan[79] == "toothbrush" and pan[80] == "banner"
+    assert pan[-1] == "rug" and len(set(pan)) == 133
 
 
 def test_unknown_names() -> None:
@@ -184,3 +262,48 @@ def test_error_rgb_label(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(DatasetError, match="cannot read label file"):
         read_label(tmp_path / "bad.tif")
+
+
+def test_panoptic_png_ids_round_trip(tmp_path: Path) -> None:
+    ids = np.array([[0, 1, 255, 256], [65535, 65536, 256 ** 3 - 1, 12345678]], dtype=np.int64)
+    assert np.array_equal(rgb2id(id2rgb(ids)), ids)
+    assert id2rgb(ids)[0, 3].tolist() == [0, 1, 0]  # R + 256 G + 256^2 B
+    Image.fromarray(id2rgb(ids)).save(tmp_path / "p.png")
+    assert np.array_equal(read_panoptic_png(tmp_path / "p.png"), ids)
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "grey.png")
+    with pytest.raises(DatasetError, match="expected an RGB image"):
+        read_panoptic_png(tmp_path / "grey.png")
+
+
+def test_coco_panoptic_labels_made_from_panoptic_equal_prepared(tmp_path: Path) -> None:
+    spec = get_dataset("coco_panoptic")
+    written = dict(build(tmp_path, "coco_panoptic", spec.layout("detectron2"), n=3, size=(20, 24)))
+    prepared = open_dataset("coco_panoptic", tmp_path)
+    assert prepared.layout.name == "detectron2" and prepared.panoptic is not None
+    assert sum(prepared.panoptic.isthing) == 80 and prepared.panoptic.category_ids[80] == 92
+    made = open_dataset("coco_panoptic", tmp_path, layout="panoptic")  # panoptic_semseg_val2017 ignored
+    assert made.layout.labels_from_panoptic and made.describe()["labels_from_panoptic"]
+    for k, sample in enumerate(prepared.samples):
+        assert np.array_equal(prepared.read_label(k), made.read_label(k))
+        assert np.array_equal(made.read_label(k), written[sample.id])
+        ids, segments = prepared.read_panoptic(k)
+        lab = made.read_label(k)
+        assert (lab[ids == 0] == 255).all()
+        for seg in segments:  # crowd segments keep their class, as Mask2Former's converter writes them
+            assert (lab[ids == seg["id"]] == seg["category_id"]).all() and 0 <= seg["category_id"] < 133
+        assert any(seg["iscrowd"] for seg in segments)
+    (tmp_path / "panoptic_semseg_val2017").rename(tmp_path / "elsewhere")
+    assert open_dataset("coco_panoptic", tmp_path).layout.name == "panoptic"  # detected, not an error
+
+
+def test_ade20k_panoptic_is_optional(tmp_path: Path) -> None:
+    spec = get_dataset("ade20k")
+    build(tmp_path / "plain", "ade20k", spec.layout("mmseg"))
+    assert open_dataset("ade20k", tmp_path / "plain").panoptic is None
+    written = dict(build(tmp_path / "pan", "ade20k", spec.layout("detectron2"), panoptic=True))
+    ds = open_dataset("ade20k", tmp_path / "pan")
+    assert ds.panoptic is not None and ds.describe()["num_things"] == 100
+    assert ds.panoptic.category_ids == tuple(range(150))
+    for k, sample in enumerate(ds.samples):
+        assert np.array_equal(ds.read_label(k), written[sample.id])
+        assert ds.samples[k].panoptic == tmp_path / "pan" / "ade20k_panoptic_val" / f"{sample.id}.png"

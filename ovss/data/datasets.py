@@ -15,12 +15,17 @@ Label conventions (``/work/shared/reference/training-free-methods.md`` §1.6, mm
 * ``reduce_zero_label`` (VOC20, Context59, ADE20K in the mmseg layout): 0 -> ignore, every other
   label minus 1 (mmseg ``LoadAnnotations``: ``0 -> 255; x - 1; 254 -> 255``);
 * the ignore index is 255, or 65535 for the 16-bit TIFF datasets (ADE-847, Context-459).
+
+Panoptic ground truth (``coco_panoptic``; ``ade20k`` when prepared) is the COCO panoptic format
+of panopticapi (Kirillov et al., CVPR 2019): one RGB PNG per image whose pixel ids are
+``R + 256 G + 256^2 B`` (0 = void) and a JSON with each image's ``segments_info`` and the
+``categories``; class ``k`` is the ``k``-th category by id (detectron2's contiguous ids).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -31,6 +36,31 @@ from PIL import Image
 from ..errors import DatasetError, UnknownNameError, did_you_mean
 
 DOCS = "docs/datasets.md"
+
+
+@dataclass(frozen=True)
+class PanopticFiles:
+    """The COCO-panoptic-format ground truth of a layout, relative to ``--data-root``.
+
+    Attributes:
+        png_dir: folder of the RGB panoptic PNGs (segment id ``R + 256 G + 256^2 B``, 0 = void),
+            named by the JSON's ``annotations[i].file_name``.
+        json_file: the panoptic JSON: ``annotations`` (``image_id``, ``file_name``,
+            ``segments_info`` with ``id``, ``category_id``, ``iscrowd``, ``area``) and
+            ``categories`` (``id``, ``name``, ``isthing``).
+        required: the layout needs it (``coco_panoptic``); otherwise it is used when both files
+            exist (``ade20k``: PQ besides mIoU).
+        prepared_by: which script leaves these files.
+    """
+
+    png_dir: str
+    json_file: str
+    required: bool = True
+    prepared_by: str = ""
+
+    def tree(self) -> str:
+        """One-line description of the files."""
+        return f"{self.png_dir}/<id>.png (RGB segment ids), {self.json_file} (segments_info, categories)"
 
 
 @dataclass(frozen=True)
@@ -46,12 +76,16 @@ class Layout:
         label_suffix: label file name ending (``.png``, ``_gtFine_labelTrainIds.png``, ``.tif``).
         index: how the image list is made: ``"split"`` (ids listed in ``split_file``, mmseg
             ``ann_file``), ``"images"`` (every image under ``image_dir``, mmseg without
-            ``ann_file``) or ``"labels"`` (every label under ``label_dir``, detectron2
-            ``load_sem_seg``).
+            ``ann_file``), ``"labels"`` (every label under ``label_dir``, detectron2
+            ``load_sem_seg``) or ``"panoptic"`` (every annotation of the panoptic JSON,
+            detectron2 ``load_coco_panoptic_json``).
         split_file: the id list for ``index="split"``.
         reduce_zero_label: apply mmseg's zero-label reduction to the stored labels.
         recursive: images live in sub-folders (Cityscapes cities); ids keep the sub-folder.
         prepared_by: which script leaves this layout (for the error messages and docs).
+        panoptic: the panoptic ground truth of the layout, or None.
+        labels_from_panoptic: the semantic labels are made from the panoptic ground truth while
+            reading (``label_dir`` is then the panoptic PNG folder; see :func:`panoptic_to_semantic`).
     """
 
     name: str
@@ -65,14 +99,20 @@ class Layout:
     reduce_zero_label: bool = False
     recursive: bool = False
     prepared_by: str = ""
+    panoptic: PanopticFiles | None = None
+    labels_from_panoptic: bool = False
 
     def tree(self) -> str:
         """One-line description of the expected files, e.g. ``JPEGImages/<id>.jpg, ...``."""
         sub = "<city>/" if self.recursive else ""
-        parts = [f"{self.image_dir}/{sub}<id>{self.image_suffix}",
-                 f"{self.label_dir}/{sub}<id>{self.label_suffix}"]
+        parts = [f"{self.image_dir}/{sub}<id>{self.image_suffix}"]
+        if not self.labels_from_panoptic:
+            parts.append(f"{self.label_dir}/{sub}<id>{self.label_suffix}")
         if self.split_file:
             parts.append(f"{self.split_file} (one <id> a line)")
+        if self.panoptic is not None:
+            optional = "" if self.panoptic.required else " (optional, for PQ)"
+            parts.append(self.panoptic.tree() + optional)
         return ", ".join(parts)
 
 
@@ -127,11 +167,13 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class Sample:
-    """One evaluation image: its id (relative path without suffix), image and label paths."""
+    """One evaluation image: its id (relative path without suffix), image and label paths, and
+    its panoptic PNG when the split has panoptic ground truth."""
 
     id: str
     image: Path
     label: Path
+    panoptic: Path | None = None
 
 
 @lru_cache(maxsize=1)
@@ -165,6 +207,21 @@ def _d2(root: str, image_dir: str, label_dir: str, suffix: str, by: str) -> Layo
 
 _COCO_MMSEG = dict(root_hint="coco_stuff164k", image_dir="images/val2017", label_dir="annotations/val2017",
                    image_suffix=".jpg", index="images")
+
+_M2F = "Mask2Former/FC-CLIP datasets"
+_COCO_PAN = PanopticFiles("panoptic_val2017", "annotations/panoptic_val2017.json",
+                          prepared_by="the COCO panoptic annotations zip (panoptic_annotations_trainval2017)")
+_ADE_PAN = PanopticFiles("ade20k_panoptic_val", "ade20k_panoptic_val.json", required=False,
+                         prepared_by=f"{_M2F}/prepare_ade20k_pan_seg.py")
+
+
+def _coco_panoptic(labels_from_panoptic: bool) -> Layout:
+    if labels_from_panoptic:  # panoptic_semseg_val2017 not made: the same labels, made while reading
+        return Layout("panoptic", "coco", "val2017", _COCO_PAN.png_dir, ".jpg", ".png", "panoptic",
+                      panoptic=_COCO_PAN, labels_from_panoptic=True,
+                      prepared_by="the COCO panoptic annotations; semantic labels made from them while reading")
+    return Layout("detectron2", "coco", "val2017", "panoptic_semseg_val2017", ".jpg", ".png", "panoptic",
+                  panoptic=_COCO_PAN, prepared_by=f"{_M2F}/prepare_coco_semantic_annos_from_panoptic_annos.py")
 
 
 def _specs() -> dict[str, DatasetSpec]:
@@ -218,10 +275,13 @@ def _specs() -> dict[str, DatasetSpec]:
         ), 500),
         DatasetSpec("ade20k", "ADE20K (ADEChallengeData2016) val, 150 classes", cls["ade20k"], 255, (
             Layout("mmseg", "ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg",
-                   ".png", "images", reduce_zero_label=True, prepared_by="the ADEChallengeData2016 zip as released"),
-            _d2("ADEChallengeData2016", "images/validation", "annotations_detectron2/validation", ".png",
-                "detectron2/Mask2Former datasets/prepare_ade20k_sem_seg.py"),
+                   ".png", "images", reduce_zero_label=True, prepared_by="the ADEChallengeData2016 zip as released",
+                   panoptic=_ADE_PAN),
+            replace(_d2("ADEChallengeData2016", "images/validation", "annotations_detectron2/validation", ".png",
+                        "detectron2/Mask2Former datasets/prepare_ade20k_sem_seg.py"), panoptic=_ADE_PAN),
         ), 2000),
+        DatasetSpec("coco_panoptic", "COCO panoptic val2017, 133 classes (80 things, 53 stuff)",
+                    cls["coco_panoptic"], 255, (_coco_panoptic(False), _coco_panoptic(True)), 5000),
         DatasetSpec("ade847", "ADE20K-Full (ADE20K_2021_17_01) val, 847 classes", cls["ade847"], 65535, (
             _d2("ADE20K_2021_17_01", "images_detectron2/validation", "annotations_detectron2/validation",
                 ".tif", "Mask2Former/FC-CLIP datasets/prepare_ade20k_full_sem_seg.py"),
@@ -299,6 +359,130 @@ def _read_tiff_fallback(path: Path, exc: Exception) -> np.ndarray:
     raise DatasetError(f"cannot read label file {path} ({exc.__class__.__name__}: {exc})") from None
 
 
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG pixels -> segment ids (panopticapi ``utils.rgb2id``).
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+
+    Returns:
+        (H, W) int64 ids ``R + 256 G + 256^2 B`` (0 = void).
+    """
+    rgb = np.asarray(rgb).astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment ids -> COCO panoptic PNG pixels (panopticapi ``utils.id2rgb``), the inverse of :func:`rgb2id`.
+
+    Args:
+        ids: (H, W) integer ids in [0, 256^3).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    ids = np.asarray(ids).astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def read_panoptic_png(path: str | Path) -> np.ndarray:
+    """(H, W) int64 segment ids of a COCO panoptic PNG (see :func:`rgb2id`).
+
+    Raises:
+        DatasetError: the file is missing, unreadable or not an RGB image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im.convert("RGB") if im.mode in ("P", "RGBA") else im)
+    except FileNotFoundError:
+        raise DatasetError(f"panoptic PNG not found: {path}") from None
+    except Exception as exc:  # Pillow raises several types for broken files
+        raise DatasetError(f"cannot read panoptic PNG {path} ({exc.__class__.__name__}: {exc})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DatasetError(f"panoptic PNG {path} has shape {arr.shape}; expected an RGB image whose pixels "
+                           "encode segment ids R + 256 G + 256^2 B")
+    return rgb2id(arr)
+
+
+def panoptic_to_semantic(ids: np.ndarray, segments: list[dict], ignore_index: int = 255) -> np.ndarray:
+    """Semantic labels of a panoptic annotation, as Mask2Former's
+    ``datasets/prepare_coco_semantic_annos_from_panoptic_annos.py`` writes them.
+
+    Every segment's pixels get its (contiguous) ``category_id``, crowd segments included (the
+    script does not look at ``iscrowd``); void and pixels of unlisted ids get ``ignore_index``.
+
+    Args:
+        ids: (H, W) int64 segment ids.
+        segments: ``segments_info`` with contiguous ``category_id``.
+        ignore_index: label of the unlabelled pixels.
+
+    Returns:
+        (H, W) int64 labels.
+    """
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    category = {int(seg["id"]): int(seg["category_id"]) for seg in segments}
+    lut = np.array([category.get(int(u), ignore_index) for u in uniq], dtype=np.int64)
+    return lut[inverse].reshape(ids.shape)
+
+
+@dataclass
+class PanopticGT:
+    """The panoptic ground truth of an opened split: the parsed JSON.
+
+    Attributes:
+        json_path: the panoptic JSON.
+        png_dir: folder of the panoptic PNGs.
+        category_ids: (C,) the dataset's category id of class ``k``: the categories sorted by id,
+            i.e. detectron2's contiguous ids (COCO: 80 things then 53 stuff; ADE20K: ids 0..149).
+        isthing: (C,) whether class ``k`` is a thing (the JSON's ``isthing``).
+        annotations: file stem -> ``{"image_id", "file_name", "segments_info"}``, each segment with
+            ``id``, contiguous ``category_id``, ``iscrowd`` (0/1) and ``area`` (pixels, when given).
+    """
+
+    json_path: Path
+    png_dir: Path
+    category_ids: tuple[int, ...]
+    isthing: tuple[bool, ...]
+    annotations: dict[str, dict]
+
+    @property
+    def contiguous(self) -> dict[int, int]:
+        """Dataset category id -> contiguous class index."""
+        return {c: k for k, c in enumerate(self.category_ids)}
+
+
+def _read_panoptic_json(spec: DatasetSpec, root: Path, files: PanopticFiles) -> PanopticGT:
+    path = root / files.json_file
+    where = f"(source: {files.prepared_by}; see {DOCS})"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        raw = data["annotations"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{spec.name}: cannot read the panoptic JSON {path} ({exc.__class__.__name__}: {exc}); "
+                           f"expected 'annotations' and 'categories' in the COCO panoptic format {where}") from None
+    if len(categories) != spec.num_classes:
+        raise DatasetError(f"{spec.name}: the panoptic JSON {path} has {len(categories)} categories but the dataset "
+                           f"has {spec.num_classes} classes: wrong file for this dataset? {where}")
+    ids = tuple(int(c["id"]) for c in categories)
+    to_k = {c: k for k, c in enumerate(ids)}
+    annotations: dict[str, dict] = {}
+    for ann in raw:
+        segments = []
+        for seg in ann.get("segments_info", []):
+            cat = int(seg["category_id"])
+            if cat not in to_k:
+                raise DatasetError(f"{spec.name}: {path}: segment {seg.get('id')} of {ann.get('file_name')} has "
+                                   f"category_id {cat}, which is not among the JSON's categories")
+            segments.append({**seg, "id": int(seg["id"]), "category_id": to_k[cat],
+                             "iscrowd": int(seg.get("iscrowd", 0))})
+        annotations[Path(ann["file_name"]).stem] = {"image_id": ann.get("image_id"), "file_name": ann["file_name"],
+                                                    "segments_info": segments}
+    return PanopticGT(path, root / files.png_dir, ids, tuple(bool(c.get("isthing", 0)) for c in categories),
+                      annotations)
+
+
 @dataclass
 class EvalDataset:
     """An opened benchmark split: the pairs found under ``root`` in one layout.
@@ -308,12 +492,14 @@ class EvalDataset:
         root: the data root.
         layout: the layout found there.
         samples: image/label pairs in a fixed (sorted) order.
+        panoptic: the panoptic ground truth (``coco_panoptic``; ``ade20k`` when prepared), or None.
     """
 
     spec: DatasetSpec
     root: Path
     layout: Layout
     samples: list[Sample] = field(default_factory=list)
+    panoptic: PanopticGT | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -336,8 +522,23 @@ class EvalDataset:
 
     def read_label(self, i: int) -> np.ndarray:
         """(H, W) int64 label map of sample ``i`` after the layout's label reduction."""
+        if self.layout.labels_from_panoptic:
+            return panoptic_to_semantic(*self.read_panoptic(i), ignore_index=self.spec.ignore_index)
         return read_label(self.samples[i].label, reduce_zero_label=self.layout.reduce_zero_label,
                           ignore_index=self.spec.ignore_index)
+
+    def read_panoptic(self, i: int) -> tuple[np.ndarray, list[dict]]:
+        """Panoptic ground truth of sample ``i``: (H, W) int64 segment ids (0 = void) and its
+        ``segments_info`` (contiguous ``category_id``, ``iscrowd``, ``area``; see :class:`PanopticGT`).
+
+        Raises:
+            DatasetError: the split has no panoptic ground truth, or the PNG is unreadable.
+        """
+        sample = self.samples[i]
+        if self.panoptic is None or sample.panoptic is None:
+            raise DatasetError(f"{self.spec.name}: no panoptic ground truth under {self.root}")
+        ann = self.panoptic.annotations[Path(sample.id).name]
+        return read_panoptic_png(sample.panoptic), ann["segments_info"]
 
     def read_image(self, i: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB image of sample ``i`` (decoded as :func:`ovss.imageio.load_image`)."""
@@ -347,10 +548,15 @@ class EvalDataset:
 
     def describe(self) -> dict:
         """JSON-able description (written into the evaluation report)."""
+        pan = self.panoptic
         return {"dataset": self.spec.name, "title": self.spec.title, "data_root": str(self.root),
                 "layout": self.layout.name, "image_dir": self.layout.image_dir,
                 "label_dir": self.layout.label_dir, "split_file": self.layout.split_file,
                 "reduce_zero_label": self.layout.reduce_zero_label,
+                "labels_from_panoptic": self.layout.labels_from_panoptic,
+                "panoptic_json": str(pan.json_path) if pan else None,
+                "panoptic_dir": str(pan.png_dir) if pan else None,
+                "num_things": sum(pan.isthing) if pan else None,
                 "ignore_index": self.spec.ignore_index, "num_classes": self.spec.num_classes,
                 "num_images": len(self.samples)}
 
@@ -363,13 +569,38 @@ def _expected(spec: DatasetSpec, layout: Layout) -> str:
 
 def _missing_parts(root: Path, layout: Layout) -> list[str]:
     parts = [layout.image_dir, layout.label_dir] + ([layout.split_file] if layout.split_file else [])
+    files = {layout.split_file}
+    if layout.panoptic is not None and layout.panoptic.required:
+        parts += [layout.panoptic.png_dir, layout.panoptic.json_file]
+        files.add(layout.panoptic.json_file)
     missing = []
-    for p in parts:
+    for p in dict.fromkeys(parts):  # the panoptic PNG folder may also be the label folder
         full = root / p
-        is_file = p == layout.split_file
-        if not (full.is_file() if is_file else full.is_dir()):
+        if not (full.is_file() if p in files else full.is_dir()):
             missing.append(p)
     return missing
+
+
+def _open_panoptic(spec: DatasetSpec, root: Path, layout: Layout) -> PanopticGT | None:
+    """The layout's panoptic ground truth, None where it is optional and absent.
+
+    Raises:
+        DatasetError: only one of the PNG folder and the JSON is there (half-prepared).
+    """
+    files = layout.panoptic
+    if files is None:
+        return None
+    have_dir, have_json = (root / files.png_dir).is_dir(), (root / files.json_file).is_file()
+    if not (have_dir or have_json) and not files.required:
+        return None
+    if not (have_dir and have_json):
+        found, lacking = ((f"{files.png_dir}/", files.json_file) if have_dir else
+                          (files.json_file, f"{files.png_dir}/"))
+        raise DatasetError(f"{spec.name}: the panoptic ground truth in {root} is half-prepared: {found} is there "
+                           f"but {lacking} is missing; expected {files.tree()} (source: {files.prepared_by}; "
+                           f"see {DOCS})" + ("" if files.required else "; remove the partial files to score "
+                                             "mIoU only"))
+    return _read_panoptic_json(spec, root, files)
 
 
 def _strip(name: str, suffix: str) -> str | None:
@@ -389,7 +620,7 @@ def _scan(folder: Path, suffix: str, recursive: bool) -> list[str]:
     return sorted(ids)
 
 
-def _list_samples(spec: DatasetSpec, root: Path, layout: Layout) -> list[Sample]:
+def _list_samples(spec: DatasetSpec, root: Path, layout: Layout, panoptic: PanopticGT | None) -> list[Sample]:
     img_dir, lab_dir = root / layout.image_dir, root / layout.label_dir
     if layout.index == "split":
         assert layout.split_file is not None
@@ -403,18 +634,36 @@ def _list_samples(spec: DatasetSpec, root: Path, layout: Layout) -> list[Sample]
         if not ids:
             raise DatasetError(f"{spec.name}: no '*{layout.image_suffix}' images in {img_dir}; "
                                + _expected(spec, layout))
+    elif layout.index == "panoptic":
+        assert panoptic is not None
+        ids = sorted(panoptic.annotations)
+        if not ids:
+            raise DatasetError(f"{spec.name}: the panoptic JSON {panoptic.json_path} lists no annotations; "
+                               + _expected(spec, layout))
     else:
         ids = _scan(lab_dir, layout.label_suffix, layout.recursive)
         if not ids:
             raise DatasetError(f"{spec.name}: no '*{layout.label_suffix}' label files in {lab_dir}; "
                                + _expected(spec, layout))
-    samples = [Sample(i, img_dir / f"{i}{layout.image_suffix}", lab_dir / f"{i}{layout.label_suffix}")
+    listed = {"split": f"listed in {layout.split_file}", "images": f"found in {layout.image_dir}",
+              "labels": f"found in {layout.label_dir}",
+              "panoptic": f"listed in {layout.panoptic.json_file if layout.panoptic else ''}"}[layout.index]
+    annotations = panoptic.annotations if panoptic is not None else {}
+    if panoptic is not None:
+        unannotated = [i for i in ids if Path(i).name not in annotations]
+        if unannotated:
+            raise DatasetError(f"{spec.name}: {len(unannotated)} of the {len(ids)} images {listed} have no annotation "
+                               f"in the panoptic JSON {panoptic.json_path} (first: {unannotated[0]}); the panoptic "
+                               "ground truth is incomplete: " + _expected(spec, layout))
+    samples = [Sample(i, img_dir / f"{i}{layout.image_suffix}", lab_dir / f"{i}{layout.label_suffix}",
+                      panoptic.png_dir / annotations[Path(i).name]["file_name"] if panoptic is not None else None)
                for i in ids]
-    for kind, attr, folder in (("image", "image", img_dir), ("label", "label", lab_dir)):
+    checks = [("image", "image", img_dir), ("label", "label", lab_dir)]
+    if panoptic is not None:
+        checks.append(("panoptic PNG", "panoptic", panoptic.png_dir))
+    for kind, attr, folder in checks:
         missing = [s for s in samples if not getattr(s, attr).is_file()]
         if missing:
-            listed = {"split": f"listed in {layout.split_file}", "images": f"found in {layout.image_dir}",
-                      "labels": f"found in {layout.label_dir}"}[layout.index]
             raise DatasetError(
                 f"{spec.name}: {len(missing)} of the {len(samples)} images {listed} have no {kind} file in "
                 f"{folder} (first missing: {getattr(missing[0], attr).name}); the folder is incomplete or "
@@ -431,12 +680,15 @@ def open_dataset(name: str | DatasetSpec, root: str | Path, layout: str | None =
         layout: force one layout by name; by default the first whose folders exist is used.
 
     Returns:
-        The opened split; ``samples`` sorted as the split file lists them, or by id.
+        The opened split; ``samples`` sorted as the split file lists them, or by id; with its
+        panoptic ground truth where the layout has one (optional for ``ade20k``: used when both
+        the PNG folder and the JSON exist).
 
     Raises:
         UnknownNameError: unknown dataset or layout name.
         DatasetError: the root is missing, no layout matches (the message names the missing
-            folders/files and the expected tree), or images lack their labels (or the reverse).
+            folders/files and the expected tree), images lack their labels (or the reverse), or
+            the panoptic ground truth is half-prepared, unreadable or of another dataset.
     """
     spec = name if isinstance(name, DatasetSpec) else get_dataset(name)
     root = Path(root).expanduser()
@@ -451,10 +703,12 @@ def open_dataset(name: str | DatasetSpec, root: str | Path, layout: str | None =
         # report against the layout that is most nearly there
         best = min(candidates, key=lambda lay: (len(missing[lay.name]), candidates.index(lay)))
         miss = missing[best.name]
-        what = ", ".join(f"{p}{'' if p == best.split_file else '/'}" for p in miss)
+        files = {best.split_file} | ({best.panoptic.json_file} if best.panoptic else set())
+        what = ", ".join(f"{p}{'' if p in files else '/'}" for p in miss)
         others = [lay for lay in candidates if lay is not best]
         alt = ("; other accepted layouts: " + " | ".join(f"'{lay.name}' ({lay.root_hint}): {lay.tree()}"
                                                            for lay in others)) if others else ""
         raise DatasetError(f"{spec.name}: missing {what} in {root}; " + _expected(spec, best) + alt)
     chosen = found[0]
-    return EvalDataset(spec, root, chosen, _list_samples(spec, root, chosen))
+    panoptic = _open_panoptic(spec, root, chosen)
+    return EvalDataset(spec, root, chosen, _list_samples(spec, root, chosen, panoptic), panoptic)
