@@ -283,6 +283,27 @@ def test_cli(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
 
 
+def test_cli_checkpoint_and_config_go_to_the_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "d", "voc21", get_dataset("voc21").layouts[0], n=2)
+    made: dict = {}
+
+    def fake_create(method: str, **kwargs: object) -> ColourSegmenter:
+        made.update(kwargs)
+        return ColourSegmenter(21)
+
+    monkeypatch.setattr(ovss.registry, "create_segmenter", fake_create)
+    base = ["eval", "-d", "voc21", "--data-root", str(tmp_path / "d"), "--method", "fc_clip", "--device", "cpu",
+            "-o", str(tmp_path / "out"), "--no-progress", "--no-table"]
+    r = CliRunner().invoke(_app(), base + ["--checkpoint", "w.pth", "--config", "c.yaml", "--set", "alpha=0.5"])
+    assert r.exit_code == 0, r.output
+    assert made["checkpoint"] == "w.pth" and made["config"] == "c.yaml" and made["alpha"] == 0.5
+    assert "panoptic" not in made  # voc21 has no panoptic ground truth
+    r = CliRunner().invoke(_app(), base + ["--set", "checkpoint=v.pth"])  # the old spelling still works
+    assert r.exit_code == 0 and made["checkpoint"] == "v.pth"
+    r = CliRunner().invoke(_app(), base + ["--checkpoint", "w.pth", "--set", "checkpoint=v.pth"])
+    assert r.exit_code == 2 and "--checkpoint is given twice" in r.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -293,26 +314,35 @@ DIST_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import ovss.registry
-    from test_eval import ColourSegmenter
-    ovss.registry.create_segmenter = lambda method, **kw: ColourSegmenter(171, **kw)
+    {setup}
     from ovss.cli import main  # the real `ovss` app, as `torchrun -m ovss eval` runs it
     main()
 """)
+COLOUR_SETUP = ("from test_eval import ColourSegmenter\n"
+                "ovss.registry.create_segmenter = lambda method, **kw: ColourSegmenter(171, **kw)")
+
+
+def run_torchrun(tmp_path: Path, eval_args: list[str], setup: str = COLOUR_SETUP,
+                 nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node nproc ... eval <eval_args>`` on CPU (Gloo) with the real ``ovss``
+    app, after ``setup`` (Python lines run in every process, e.g. replacing the method by a
+    stand-in importable from the tests folder); asserts a zero exit status."""
+    script = tmp_path / "run_eval.py"
+    script.write_text(DIST_SCRIPT.format(tests=str(Path(__file__).parent), setup=setup))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(_free_port()), str(script), "eval", *eval_args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=str(REPO))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
 
 
 def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     build(tmp_path / "d", "coco_stuff", get_dataset("coco_stuff").layouts[0], n=5)
     single = evaluate("coco_stuff", tmp_path / "d", segmenter=ColourSegmenter(171), progress=False, name="fake")
-    script = tmp_path / "run_eval.py"
-    script.write_text(DIST_SCRIPT.format(tests=str(Path(__file__).parent)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(script), "eval", "--dataset", "coco_stuff", "--data-root",
-           str(tmp_path / "d"), "--method", "fake", "--device", "cpu", "-o", str(tmp_path / "out"),
-           "--no-progress", "--no-table"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=str(REPO))
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_torchrun(tmp_path, ["--dataset", "coco_stuff", "--data-root", str(tmp_path / "d"), "--method", "fake",
+                                "--device", "cpu", "-o", str(tmp_path / "out"), "--no-progress", "--no-table"])
     report = json.loads((tmp_path / "out" / "coco_stuff_fake.json").read_text())
     assert report["config"]["world_size"] == 2 and report["config"]["backend"] == "gloo"
     assert report["num_images"] == 5

@@ -20,11 +20,18 @@ EPILOG = """Examples:
 
   torchrun --nproc-per-node 8 -m ovss eval -d coco_stuff --data-root /data/coco_stuff164k --method sclip
 
+  ovss eval -d coco_panoptic --data-root /data/coco --method fc_clip --checkpoint fcclip_cocopan.pth   # mIoU + PQ
+
 Dataset layouts: docs/datasets.md
 """
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def _parse_options(items: list[str], **named: Any) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items (JSON values) plus the named options that were given (not None).
+
+    Raises:
+        InputError: an item without ``=``, or a named option also given with ``--set``.
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -34,6 +41,12 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
             out[key.strip().replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip().replace("-", "_")] = value
+    for key, value in named.items():
+        if value is None:
+            continue
+        if key in out:
+            raise InputError(f"--{key.replace('_', '-')} is given twice (also as --set {key}=...): keep one")
+        out[key] = str(value) if isinstance(value, Path) else value
     return out
 
 
@@ -43,7 +56,8 @@ def register(app: typer.Typer) -> None:
     @app.command("eval", epilog=EPILOG)
     def eval_command(
         dataset: str = typer.Option(..., "--dataset", "-d", help="benchmark: voc21, voc20, context60, context59, "
-                                    "coco_object, coco_stuff, cityscapes, ade20k, ade847, context459"),
+                                    "coco_object, coco_stuff, cityscapes, ade20k, ade847, context459, "
+                                    "coco_panoptic"),
         data_root: Path = typer.Option(..., "--data-root", help="folder of the dataset (see docs/datasets.md), "
                                        "e.g. /data/VOCdevkit/VOC2012"),
         method: Optional[str] = typer.Option(None, "--method", "-m", help="method to run with its official "
@@ -51,8 +65,18 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help="backbone name or open_clip config (method default "
                                             "when omitted)"),
         pretrained: Optional[str] = typer.Option(None, "--pretrained", help="weights tag or file"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="the method's trained checkpoint "
+                                                  "(FC-CLIP, ZSSeg, ZegFormer; same as --set checkpoint=...)"),
+        config: Optional[Path] = typer.Option(None, "--config", help="the checkpoint's official config YAML "
+                                              "(same as --set config=...)"),
         predictions: Optional[Path] = typer.Option(None, "--predictions", help="score the PNG label maps in this "
                                                    "folder (named like the images) instead of running a method"),
+        panoptic_predictions: Optional[Path] = typer.Option(
+            None, "--panoptic-predictions", help="with --predictions: a COCO panoptic prediction JSON (PNGs in the "
+            "folder named like it) scored for PQ"),
+        panoptic: Optional[bool] = typer.Option(None, "--panoptic/--no-panoptic", help="PQ besides mIoU; default: "
+                                                "whenever the dataset has panoptic ground truth and the method "
+                                                "panoptic output"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)"),
         limit: Optional[int] = typer.Option(None, "--limit", help="score only the first N images"),
         output: Optional[Path] = typer.Option(Path("results"), "-o", "--output",
@@ -71,7 +95,8 @@ def register(app: typer.Typer) -> None:
         table: bool = typer.Option(True, "--table/--no-table", help="print the per-class table"),
     ) -> None:
         """Score a method (official protocol) or a folder of label maps on a benchmark: mIoU, mAcc, aAcc,
-        fwIoU (and seen/unseen mIoU, hIoU on VOC20 and COCO-Stuff), in percent."""
+        fwIoU (and seen/unseen mIoU, hIoU on VOC20 and COCO-Stuff), and PQ / SQ / RQ on panoptic
+        datasets, in percent."""
         from rich.console import Console
 
         from .runner import evaluate, print_report
@@ -82,7 +107,8 @@ def register(app: typer.Typer) -> None:
             result = evaluate(dataset, data_root, method=method, model=model, pretrained=pretrained,
                               predictions=predictions, device=device, limit=limit, output_dir=output, name=name,
                               layout=layout, resume=resume, progress=progress, save_predictions=save_predictions,
-                              segmenter_options=_parse_options(options))
+                              segmenter_options=_parse_options(options, checkpoint=checkpoint, config=config),
+                              panoptic=panoptic, panoptic_predictions=panoptic_predictions)
         except OvssError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2)
@@ -101,7 +127,7 @@ def register(app: typer.Typer) -> None:
         if table:
             print_report(result, console)
         else:
-            summary = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in result.metrics.summary().items())
+            summary = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in result.summary().items())
             console.print(f"{result.dataset.name} / {result.name}: {summary}")
             if result.json_path:
                 console.print(f"report: {result.json_path}")

@@ -6,6 +6,12 @@ on one process or many (``torchrun``: the images are sharded over the ranks and 
 matrices are all-reduced, so the numbers equal a single-process run bit for bit). A run with an
 output folder keeps a partial state there (confusion matrix + processed image ids, written
 atomically) and resumes from it when started again with the same settings.
+
+On a split with panoptic ground truth (``coco_panoptic``, ``ade20k`` when prepared) a source
+that gives panoptic segments (a method whose constructor takes ``panoptic``, built with
+``panoptic=True``; or predictions in the COCO panoptic format) is also scored for PQ / SQ / RQ
+(:mod:`ovss.evaluation.panoptic`): the (C, 4) statistics are accumulated beside the confusion
+matrix, kept in the resume state and all-reduced the same way.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import torch
 from PIL import Image
 
 from .. import registry
-from ..data.datasets import EvalDataset, Sample, open_dataset
+from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset, read_panoptic_png
 from ..segmenter import image_id_kwargs
-from ..errors import InputError
+from ..errors import DatasetError, InputError, UnknownNameError
 from .metrics import SegMetrics, compute_metrics, confusion_matrix
+from .panoptic import PanopticMetrics, compute_pq, pq_stats
 
 PRED_SUFFIXES = (".png", ".tif", ".tiff")
 SAVE_EVERY = 25  # images between two partial-state writes (also written on interruption)
@@ -40,29 +47,53 @@ SAVE_EVERY = 25  # images between two partial-state writes (also written on inte
 
 # --- sources of label maps ---------------------------------------------------------------------
 
+#: A panoptic prediction: (H, W) int64 segment ids (0 = no segment) and the segments, each with
+#: ``id`` and ``category_id`` (contiguous: the dataset's class index).
+Panoptic = tuple[np.ndarray, list[dict[str, Any]]]
+
+
+@dataclass
+class Prediction:
+    """What a source gives for one image: the (H, W) label map, and the panoptic segments when
+    the run scores PQ."""
+
+    labels: np.ndarray
+    panoptic: Panoptic | None = None
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
 
 class SegmenterSource:
-    """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb) -> result.labels``)."""
+    """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb) -> result.labels``), and
+    with ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``)."""
 
     needs_image = True
 
-    def __init__(self, segmenter: Any, num_classes: int) -> None:
+    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False) -> None:
         self.segmenter = segmenter
         self.num_classes = num_classes
+        self.panoptic = panoptic
         self._checked = False
 
-    def __call__(self, sample: Sample, image: np.ndarray | None) -> np.ndarray:
+    def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
         # no inference_mode here: GradCAM methods need autograd
         res = self.segmenter.predict(image, **image_id_kwargs(self.segmenter, Path(sample.id).name))
         classes = getattr(res, "classes", None)
         if not self._checked and classes is not None and len(classes) != self.num_classes:
+            # the panoptic category ids index the same class list, so this also guards PQ
             raise InputError(f"the segmenter scores {len(classes)} classes but the dataset has "
                              f"{self.num_classes}: build it for this dataset (create_segmenter(..., dataset=...))")
         self._checked = True
-        labels = res.labels
-        if isinstance(labels, torch.Tensor):
-            labels = labels.detach().cpu().numpy()
-        return np.asarray(labels)
+        if not self.panoptic:
+            return Prediction(_numpy(res.labels))
+        pan = (getattr(res, "extras", None) or {}).get("panoptic")
+        if not isinstance(pan, dict) or "panoptic_seg" not in pan:
+            raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
+                             "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
+        return Prediction(_numpy(res.labels), (_numpy(pan["panoptic_seg"]).astype(np.int64),
+                                               list(pan.get("segments", []))))
 
     def describe(self) -> dict[str, Any]:
         settings = getattr(self.segmenter, "settings", None)
@@ -79,16 +110,18 @@ class PredictionDirSource:
     For image id ``a/b`` with image file ``a/b_leftImg8bit.png`` the names tried are
     ``a/b.png``, ``a/b_leftImg8bit.png``, ``b.png``, ``b_leftImg8bit.png`` (and ``.tif``/``.tiff``):
     values must be class indices of the dataset in order (the reduced classes for
-    reduce-zero-label datasets), at the image's original size.
+    reduce-zero-label datasets), at the image's original size. With ``panoptic_json``, also
+    panoptic predictions (see :class:`PanopticPredictions`).
     """
 
     needs_image = False
 
-    def __init__(self, folder: str | Path, dataset: EvalDataset) -> None:
+    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None) -> None:
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist")
         self.image_root = dataset.root / dataset.layout.image_dir
+        self.panoptic = PanopticPredictions(panoptic_json, dataset) if panoptic_json is not None else None
 
     def candidates(self, sample: Sample) -> list[Path]:
         try:
@@ -115,8 +148,10 @@ class PredictionDirSource:
             raise InputError(f"{len(missing)} of {len(samples)} images have no prediction in {self.folder} "
                              f"(first: image {missing[0].image.name}; tried {tried} and .tif): name each label "
                              "map like its image")
+        if self.panoptic is not None:
+            self.panoptic.check(samples)
 
-    def __call__(self, sample: Sample, image: np.ndarray | None) -> np.ndarray:
+    def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
         path = self.find(sample)
         if path is None:
             raise InputError(f"no prediction for image {sample.image.name} in {self.folder}")
@@ -128,10 +163,71 @@ class PredictionDirSource:
         if arr.ndim != 2:
             raise InputError(f"prediction {path} has shape {arr.shape}: expected a single-channel label map "
                              "of class indices, not a colour image")
-        return arr
+        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None)
 
     def describe(self) -> dict[str, Any]:
-        return {"predictions": str(self.folder)}
+        return {"predictions": str(self.folder),
+                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None}
+
+
+class PanopticPredictions:
+    """Panoptic predictions in the COCO panoptic format, as panopticapi ``pq_compute`` reads them:
+    a JSON ``{"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id"}]}]}``
+    (category ids of the dataset's panoptic JSON) and the RGB PNGs it names, in the folder named like
+    the JSON without ``.json`` (panopticapi's default ``pred_folder``) or else beside it. Images are
+    matched by ``image_id``, as panopticapi does.
+
+    Raises:
+        InputError: unreadable JSON, the dataset has no panoptic ground truth.
+    """
+
+    def __init__(self, json_file: str | Path, dataset: EvalDataset) -> None:
+        self.json_path = Path(json_file).expanduser()
+        if dataset.panoptic is None:
+            raise InputError(f"{dataset.name}: no panoptic ground truth under {dataset.root}, so panoptic "
+                             "predictions cannot be scored (see docs/datasets.md)")
+        self.gt = dataset.panoptic
+        try:
+            data = json.loads(self.json_path.read_text(encoding="utf-8"))
+            annotations = data["annotations"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"cannot read panoptic predictions {self.json_path} ({exc.__class__.__name__}: {exc}); "
+                             "expected a COCO panoptic JSON with 'annotations'") from None
+        stem_dir = self.json_path.with_suffix("")
+        self.folder = stem_dir if stem_dir.is_dir() else self.json_path.parent
+        self.by_image = {str(a.get("image_id")): a for a in annotations}
+        self.contiguous = self.gt.contiguous
+
+    def _annotation(self, sample: Sample) -> dict[str, Any] | None:
+        image_id = self.gt.annotations[Path(sample.id).name]["image_id"]
+        return self.by_image.get(str(image_id))
+
+    def check(self, samples: Sequence[Sample]) -> None:
+        """Raise :class:`InputError` when an image has no annotation or PNG (before the long loop)."""
+        missing = [s for s in samples if self._annotation(s) is None]
+        if missing:
+            raise InputError(f"{len(missing)} of {len(samples)} images have no annotation in {self.json_path} "
+                             f"(first: {missing[0].id}); images are matched by image_id")
+        no_png = [s for s in samples if not (self.folder / self._annotation(s)["file_name"]).is_file()]
+        if no_png:
+            raise InputError(f"{len(no_png)} of {len(samples)} panoptic predictions have no PNG in {self.folder} "
+                             f"(first: {self._annotation(no_png[0])['file_name']})")
+
+    def __call__(self, sample: Sample) -> Panoptic:
+        ann = self._annotation(sample)
+        assert ann is not None  # check() ran first
+        try:
+            ids = read_panoptic_png(self.folder / ann["file_name"])
+        except DatasetError as exc:
+            raise InputError(str(exc)) from None
+        segments = []
+        for seg in ann.get("segments_info", []):
+            cat = int(seg["category_id"])
+            if cat not in self.contiguous:
+                raise InputError(f"{self.json_path}: segment {seg.get('id')} of {ann['file_name']} has category_id "
+                                 f"{cat}, which is not a category of {self.gt.json_path}")
+            segments.append({**seg, "category_id": self.contiguous[cat]})
+        return ids, segments
 
 
 # --- result ----------------------------------------------------------------------------------------
@@ -150,6 +246,8 @@ class EvalResult:
         elapsed_s: wall-clock seconds (summed over resumed sessions).
         config: the full configuration, JSON-able.
         json_path / csv_path: the reports written (rank 0 with an output folder), else None.
+        pq_stats: (C, 4) float64 ``[tp, fp, fn, iou_sum]`` per class when PQ was scored, else None.
+        panoptic: PQ / SQ / RQ as fractions when PQ was scored, else None.
     """
 
     dataset: EvalDataset
@@ -162,15 +260,29 @@ class EvalResult:
     json_path: Path | None = None
     csv_path: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    pq_stats: np.ndarray | None = None
+    panoptic: PanopticMetrics | None = None
+
+    def summary(self, percent: bool = True) -> dict[str, float | None]:
+        """The summary metrics: mIoU, mAcc, aAcc, fwIoU (seen/unseen, hIoU), then PQ / SQ / RQ
+        (all, ``_th`` things, ``_st`` stuff) when PQ was scored; percent by default, NaN as None."""
+        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {})}
+
+    def per_class(self, percent: bool = True) -> list[dict]:
+        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was scored."""
+        rows = self.metrics.per_class(self.dataset.classes, percent)
+        if self.panoptic is not None:
+            rows = [{**r, **p} for r, p in zip(rows, self.panoptic.per_class(self.dataset.classes, percent))]
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report: metrics in percent, per-class IoU/Acc, configuration, versions, time."""
+        """The JSON report: metrics in percent, per-class IoU/Acc (and PQ), configuration, versions, time."""
         return {
             "dataset": self.dataset.name,
             "name": self.name,
             "units": "percent",
-            "metrics": self.metrics.summary(percent=True),
-            "per_class": self.metrics.per_class(self.dataset.classes, percent=True),
+            "metrics": self.summary(percent=True),
+            "per_class": self.per_class(percent=True),
             "num_images": self.num_images,
             "elapsed_s": round(self.elapsed_s, 3),
             "images_per_s": round(self.num_images / self.elapsed_s, 3) if self.elapsed_s > 0 else None,
@@ -286,23 +398,25 @@ def _state_path(output_dir: Path, stem: str, d: _Dist) -> Path:
     return output_dir / f".{stem}.partial.rank{d.rank}of{d.world}.npz"
 
 
-def _save_state(path: Path, matrix: np.ndarray, done: list[str], fingerprint: str, elapsed: float) -> None:
+def _save_state(path: Path, matrix: np.ndarray, pq: np.ndarray, done: list[str], fingerprint: str,
+                elapsed: float) -> None:
     buf = io.BytesIO()
-    np.savez(buf, matrix=matrix, done=np.array(done, dtype=str), fingerprint=np.array(fingerprint),
+    np.savez(buf, matrix=matrix, pq=pq, done=np.array(done, dtype=str), fingerprint=np.array(fingerprint),
              elapsed=np.array(elapsed, dtype=np.float64))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state intact
+    _atomic_bytes(path, buf.getvalue())  # a kill mid-write leaves the previous state intact
 
 
-def _load_state(path: Path, fingerprint: str, num_classes: int) -> tuple[np.ndarray, list[str], float] | None:
+def _load_state(path: Path, fingerprint: str, num_classes: int
+                ) -> tuple[np.ndarray, np.ndarray, list[str], float] | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != fingerprint or z["matrix"].shape != (num_classes, num_classes):
+            if (str(z["fingerprint"]) != fingerprint or z["matrix"].shape != (num_classes, num_classes)
+                    or z["pq"].shape != (num_classes, 4)):
                 return None
-            return z["matrix"].astype(np.int64), [str(x) for x in z["done"]], float(z["elapsed"])
+            return (z["matrix"].astype(np.int64), z["pq"].astype(np.float64), [str(x) for x in z["done"]],
+                    float(z["elapsed"]))
     except Exception:  # a corrupt state file means starting over, never a crash
         return None
 
@@ -310,12 +424,17 @@ def _load_state(path: Path, fingerprint: str, num_classes: int) -> tuple[np.ndar
 # --- loop -------------------------------------------------------------------------------------------
 
 
-def _prefetch(dataset: EvalDataset, indices: list[int], need_image: bool, workers: int = 2,
-              depth: int = 4) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
-    """Yield (index, image, label) in order, decoding a few ahead in threads (cv2/PIL release the GIL)."""
+Loaded = tuple[int, np.ndarray | None, np.ndarray, Panoptic | None]  # index, image, label, panoptic GT
 
-    def load(i: int) -> tuple[int, np.ndarray | None, np.ndarray]:
-        return i, (dataset.read_image(i) if need_image else None), dataset.read_label(i)
+
+def _prefetch(dataset: EvalDataset, indices: list[int], need_image: bool, need_panoptic: bool = False,
+              workers: int = 2, depth: int = 4) -> Iterator[Loaded]:
+    """Yield (index, image, label, panoptic ground truth) in order, decoding a few ahead in threads
+    (cv2/PIL release the GIL)."""
+
+    def load(i: int) -> Loaded:
+        return (i, dataset.read_image(i) if need_image else None, dataset.read_label(i),
+                dataset.read_panoptic(i) if need_panoptic else None)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(load, i) for i in indices[:depth]]
@@ -342,7 +461,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
              output_dir: str | Path | None = None, name: str | None = None, layout: str | None = None,
              resume: bool = True, progress: bool = True, save_predictions: str | Path | None = None,
              segmenter_options: dict[str, Any] | None = None, unseen: Sequence[int] | None = None,
-             save_every: int = SAVE_EVERY,
+             save_every: int = SAVE_EVERY, panoptic: bool | None = None,
+             panoptic_predictions: str | Path | None = None,
              on_image: Callable[[int, Sample], None] | None = None) -> EvalResult:
     """Score one benchmark split with the official metrics.
 
@@ -351,6 +471,13 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
     ``ovss.create_segmenter(method, model=..., pretrained=..., dataset=<name>, device=...)``,
     i.e. the method's official protocol for the dataset), or ``predictions`` (a folder of PNG
     label maps named like the images; see :class:`PredictionDirSource`).
+
+    PQ (:mod:`ovss.evaluation.panoptic`) is scored besides when the split has panoptic ground
+    truth and the source gives panoptic segments: a ``method`` whose constructor takes
+    ``panoptic`` (it is then built with ``panoptic=True``), a ``segmenter`` whose ``panoptic``
+    attribute is true (its results carry ``extras["panoptic"]``: ``panoptic_seg`` (H, W) ids and
+    ``segments`` with ``id`` and ``category_id``, the index into the dataset's classes), or
+    ``panoptic_predictions`` beside ``predictions``.
 
     Args:
         dataset: benchmark name (with ``data_root``) or an opened :class:`EvalDataset`.
@@ -369,13 +496,20 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
         unseen: class indices of a zero-shot unseen split; default the dataset's own split
             (VOC20 15/5, COCO-Stuff 156/15) or none.
         save_every: images between partial-state writes.
+        panoptic: None (default) scores PQ whenever it can (see above); True requires it (an
+            error where the split has no panoptic ground truth or the source no panoptic
+            output); False scores mIoU only.
+        panoptic_predictions: with ``predictions``, a COCO panoptic prediction JSON (see
+            :class:`PanopticPredictions`).
         on_image: callback after each scored image (index in the split, sample).
 
     Returns:
-        The :class:`EvalResult` (identical on every rank under torchrun).
+        The :class:`EvalResult` (identical on every rank under torchrun; PQ equal up to the
+        rounding of the IoU sums, the counts exactly).
 
     Raises:
-        InputError: not exactly one source, missing/ill-shaped predictions, bad device.
+        InputError: not exactly one source, missing/ill-shaped predictions, bad device, PQ asked
+            for where it cannot be scored, a segmenter whose class count differs from the dataset's.
         DatasetError: missing or half-prepared dataset folder.
         UnknownNameError / ModelLoadError: from building the method.
     """
@@ -386,12 +520,16 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
                          f"{n_sources}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of images, got {limit}")
+    if panoptic_predictions is not None and predictions is None:
+        raise InputError("--panoptic-predictions goes with --predictions (the label maps scored for mIoU)")
     if isinstance(dataset, EvalDataset):
         ds = dataset
     else:
         if data_root is None:
             raise InputError("give the dataset folder with --data-root")
         ds = open_dataset(dataset, data_root, layout=layout)
+    with_pq = _panoptic_mode(ds, panoptic, method=method, segmenter=segmenter,
+                             panoptic_predictions=panoptic_predictions)
     if segmenter is not None and getattr(segmenter, "device", None) is not None and str(device) in ("None", "auto"):
         dev = str(segmenter.device)  # a built segmenter decides (and with it NCCL vs Gloo)
     elif predictions is not None and not str(device).startswith("cuda"):
@@ -404,6 +542,7 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
                          pretrained=pretrained, predictions=predictions, limit=limit, output_dir=output_dir,
                          name=name, resume=resume, progress=progress, save_predictions=save_predictions,
                          segmenter_options=segmenter_options or {}, unseen=unseen, save_every=save_every,
+                         with_pq=with_pq, panoptic_predictions=panoptic_predictions if with_pq else None,
                          on_image=on_image)
     finally:
         if d.owns_group:
@@ -412,11 +551,57 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
             dist.destroy_process_group()
 
 
+def _takes_option(cls: Any, option: str) -> bool:
+    """Whether the constructor of ``cls`` names keyword ``option`` (its signature, as
+    :func:`ovss.segmenter.image_id_kwargs` reads ``predict``'s)."""
+    import inspect
+
+    try:
+        return option in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | None, segmenter: Any,
+                   panoptic_predictions: str | Path | None) -> bool:
+    """Whether this run scores PQ (see :func:`evaluate`'s ``panoptic``).
+
+    Raises:
+        InputError: PQ required (``requested`` True, or panoptic predictions given) where the
+            split has no panoptic ground truth or the source no panoptic output.
+    """
+    if requested is False:
+        return False
+    if ds.panoptic is None:
+        if requested or panoptic_predictions is not None:
+            raise InputError(f"{ds.name}: no panoptic ground truth under {ds.root} (layout {ds.layout.name}), so no "
+                             "PQ: see docs/datasets.md for the panoptic layouts, or use --no-panoptic")
+        return False
+    if panoptic_predictions is not None:
+        able, how = True, ""
+    elif method is not None:
+        try:
+            able = _takes_option(registry.method_class(method), "panoptic")
+        except UnknownNameError:  # create_segmenter reports it with the list of methods
+            able = False
+        how = f"method {method!r} has no panoptic option"
+    elif segmenter is not None:
+        # a built segmenter cannot be rebuilt: trust the caller, or the segmenter's own setting
+        able = bool(requested) or getattr(segmenter, "panoptic", False) is True
+        how = ""
+    else:
+        able, how = False, "label maps carry no segments: give --panoptic-predictions JSON as well"
+    if requested and not able:
+        raise InputError(f"PQ asked for on {ds.name} but {how}")
+    return able
+
+
 def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter: Any, method: str | None,
               model: str | None, pretrained: str | None, predictions: str | Path | None, limit: int | None,
               output_dir: str | Path | None, name: str | None, resume: bool, progress: bool,
               save_predictions: str | Path | None, segmenter_options: dict[str, Any],
-              unseen: Sequence[int] | None, save_every: int,
+              unseen: Sequence[int] | None, save_every: int, with_pq: bool,
+              panoptic_predictions: str | Path | None,
               on_image: Callable[[int, Sample], None] | None) -> EvalResult:
     num_classes = ds.num_classes
     indices = list(range(len(ds)))[: limit or None]
@@ -427,7 +612,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
 
     source: SegmenterSource | PredictionDirSource
     if predictions is not None:
-        source = PredictionDirSource(predictions, ds)
+        source = PredictionDirSource(predictions, ds, panoptic_predictions)
         source.check([ds.samples[i] for i in indices])  # all ranks see the same error, none waits
     else:
         if segmenter is None:
@@ -436,8 +621,10 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
                 kwargs["model"] = model
             if pretrained is not None:
                 kwargs["pretrained"] = pretrained
+            if with_pq:
+                kwargs["panoptic"] = True
             segmenter = registry.create_segmenter(method, **kwargs)  # type: ignore[arg-type]
-        source = SegmenterSource(segmenter, num_classes)
+        source = SegmenterSource(segmenter, num_classes, panoptic=with_pq)
 
     config = {
         **ds.describe(),
@@ -445,17 +632,19 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         "predictions": str(predictions) if predictions is not None else None,
         "segmenter_options": _jsonable(segmenter_options), "device": dev, "limit": limit,
         "num_images_split": len(ds), "num_images_official": ds.spec.num_images,
-        "world_size": d.world, "backend": d.backend,
+        "world_size": d.world, "backend": d.backend, "panoptic": with_pq,
         **source.describe(),
     }
     fingerprint = hashlib.sha256(json.dumps(
         {k: config.get(k) for k in ("dataset", "data_root", "layout", "name", "method", "model", "pretrained",
-                                    "predictions", "segmenter_options", "limit", "world_size", "settings")},
+                                    "predictions", "panoptic_predictions", "segmenter_options", "limit",
+                                    "world_size", "panoptic", "settings")},
         sort_keys=True, default=str).encode()).hexdigest()
 
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
     state_path = None
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    pq = np.zeros((num_classes, 4), dtype=np.float64)
     done: list[str] = []
     prev_elapsed = 0.0
     if out_dir is not None:
@@ -464,10 +653,11 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         if resume:
             state = _load_state(state_path, fingerprint, num_classes)
             if state is not None:
-                matrix, done, prev_elapsed = state
+                matrix, pq, done, prev_elapsed = state
     done_set = set(done)
     todo = [i for i in shard if ds.samples[i].id not in done_set]
     save_dir = Path(save_predictions).expanduser() if save_predictions is not None else None
+    isthing = ds.panoptic.isthing if ds.panoptic is not None else ()
 
     bar = None
     if progress and d.rank == 0:
@@ -478,28 +668,36 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     t_loop = time.perf_counter()
     since_save = 0
     try:
-        for i, image, label in _prefetch(ds, todo, source.needs_image):
+        for i, image, label, pan_gt in _prefetch(ds, todo, source.needs_image, with_pq):
             sample = ds.samples[i]
             pred = source(sample, image)
             try:
-                matrix += confusion_matrix(pred, label, num_classes, ds.ignore_index)
+                matrix += confusion_matrix(pred.labels, label, num_classes, ds.ignore_index)
+                if pan_gt is not None:
+                    assert pred.panoptic is not None  # the sources give segments whenever with_pq
+                    pq += pq_stats(*pan_gt, *pred.panoptic, num_classes)
             except InputError as exc:
                 raise InputError(f"{sample.id}: {exc}") from None
             if save_dir is not None:
-                _save_label_map(save_dir / f"{sample.id}.png", pred, num_classes)
+                _save_label_map(save_dir / f"{sample.id}.png", pred.labels, num_classes)
+                if pred.panoptic is not None:
+                    _save_panoptic(save_dir, ds, sample, pred.panoptic)
             done.append(sample.id)
             since_save += 1
             if state_path is not None and since_save >= save_every:
-                _save_state(state_path, matrix, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
+                _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
                 since_save = 0
             if bar is not None:
-                bar.set_postfix_str(f"mIoU {_running_miou(matrix):.2f}", refresh=False)
+                running = f"mIoU {_running_miou(matrix):.2f}"
+                if with_pq:
+                    running += f" PQ {100 * compute_pq(pq, isthing).PQ:.2f}"
+                bar.set_postfix_str(running, refresh=False)
                 bar.update(1)
             if on_image is not None:
                 on_image(i, sample)
     except BaseException:
         if state_path is not None and since_save:
-            _save_state(state_path, matrix, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
+            _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
         raise
     finally:
         if bar is not None:
@@ -507,15 +705,19 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     loop_s = time.perf_counter() - t_loop
 
     total = _all_reduce(d, matrix, dev)
+    pq_total = _all_reduce(d, pq, dev) if with_pq else None
     n_images = int(_all_reduce(d, np.array([len(done)], dtype=np.int64), dev)[0])
     elapsed = float(_all_reduce(d, np.array([prev_elapsed + time.perf_counter() - t_start]), dev, op="max")[0])
     if unseen is None:
         unseen = ds.spec.unseen_indices
     metrics = compute_metrics(total, unseen or None)
     config["loop_s"] = round(loop_s, 3)
-    result = EvalResult(ds, run_name, total, metrics, n_images, elapsed, config)
+    result = EvalResult(ds, run_name, total, metrics, n_images, elapsed, config, pq_stats=pq_total,
+                        panoptic=compute_pq(pq_total, isthing) if pq_total is not None else None)
     if out_dir is not None and d.rank == 0:
         result.json_path, result.csv_path = write_reports(result, out_dir, stem)
+    if save_dir is not None and with_pq and d.rank == 0:  # past the all-reduces every rank has saved its images
+        _merge_panoptic_json(save_dir, ds, [ds.samples[i] for i in indices])
     _barrier(d, dev)
     if state_path is not None and state_path.exists():
         state_path.unlink()
@@ -532,12 +734,43 @@ def _save_label_map(path: Path, labels: np.ndarray, num_classes: int) -> None:
     Image.fromarray(np.asarray(labels).astype(dtype)).save(path)
 
 
+PANOPTIC_DIR = "panoptic"  # --save-predictions DIR: DIR/panoptic/<id>.png + DIR/panoptic.json (panopticapi)
+
+
+def _save_panoptic(save_dir: Path, ds: EvalDataset, sample: Sample, panoptic: Panoptic) -> None:
+    """Write one panoptic prediction in the COCO panoptic format: the RGB PNG and, until
+    :func:`_merge_panoptic_json` gathers them, its annotation beside it."""
+    assert ds.panoptic is not None
+    ids, segments = panoptic
+    png = save_dir / PANOPTIC_DIR / f"{sample.id}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(id2rgb(ids)).save(png)
+    info = [{**{k: v for k, v in seg.items() if k != "category_id"},
+             "category_id": ds.panoptic.category_ids[int(seg["category_id"])]} for seg in segments]
+    ann = {"image_id": ds.panoptic.annotations[Path(sample.id).name]["image_id"], "file_name": f"{sample.id}.png",
+           "segments_info": info}
+    _atomic_text(png.with_suffix(".json"), json.dumps(_jsonable(ann)))
+
+
+def _merge_panoptic_json(save_dir: Path, ds: EvalDataset, samples: Sequence[Sample]) -> None:
+    """Gather the per-image annotations into ``panoptic.json`` (re-scorable with ``panoptic_predictions=``)."""
+    assert ds.panoptic is not None
+    parts = [save_dir / PANOPTIC_DIR / f"{s.id}.json" for s in samples]
+    annotations = [json.loads(p.read_text(encoding="utf-8")) for p in parts if p.is_file()]
+    categories = [{"id": c, "name": name, "isthing": int(t)}
+                  for c, name, t in zip(ds.panoptic.category_ids, ds.classes, ds.panoptic.isthing)]
+    _atomic_text(save_dir / f"{PANOPTIC_DIR}.json", json.dumps({"annotations": annotations, "categories": categories}))
+    for p in parts:
+        p.unlink(missing_ok=True)
+
+
 # --- reports ----------------------------------------------------------------------------------------
 
 
 def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None = None) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row: summary + per-class IoU, percent)
-    and ``<stem>_confusion.npy`` (the int64 confusion matrix) atomically.
+    """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row: summary + per-class IoU, and
+    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix) and,
+    when PQ was scored, ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``) atomically.
 
     Returns:
         The JSON and CSV paths.
@@ -553,18 +786,20 @@ def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None =
                            "model": cfg.get("model"), "pretrained": cfg.get("pretrained"),
                            "num_images": result.num_images}
     row.update({k: _fmt(v) for k, v in report["metrics"].items()})
-    for c in report["per_class"]:
-        row[f"IoU-{c['index']}-{c['name']}"] = _fmt(c["IoU"])
+    for metric in ("IoU", "PQ") if result.panoptic is not None else ("IoU",):
+        for c in report["per_class"]:
+            row[f"{metric}-{c['index']}-{c['name']}"] = _fmt(c[metric])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
     writer.writeheader()
     writer.writerow(row)
     _atomic_text(csv_path, buf.getvalue())
-    buf_np = io.BytesIO()
-    np.save(buf_np, result.matrix)
-    tmp = out / f"{stem}_confusion.npy.tmp"
-    tmp.write_bytes(buf_np.getvalue())
-    os.replace(tmp, out / f"{stem}_confusion.npy")
+    arrays = {"confusion": result.matrix} if result.pq_stats is None else {"confusion": result.matrix,
+                                                                          "pq": result.pq_stats}
+    for suffix, arr in arrays.items():
+        buf_np = io.BytesIO()
+        np.save(buf_np, arr)
+        _atomic_bytes(out / f"{stem}_{suffix}.npy", buf_np.getvalue())
     return json_path, csv_path
 
 
@@ -572,19 +807,24 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.4f}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def _atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic_bytes(path, text.encode("utf-8"))
+
+
 def print_report(result: EvalResult, console: Any = None) -> None:
-    """Print the per-class table and the summary metrics (percent) with rich."""
+    """Print the per-class table and the summary metrics (percent) with rich; with PQ also the
+    per-class PQ / SQ / RQ and a PQ table for all categories, things and stuff."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    m = result.metrics
+    m, pan = result.metrics, result.panoptic
     unseen = set(m.unseen)
     table = Table(title=f"{result.dataset.name} / {result.name}: {result.num_images} images", show_lines=False)
     table.add_column("#", justify="right")
@@ -593,18 +833,32 @@ def print_report(result: EvalResult, console: Any = None) -> None:
     table.add_column("Acc", justify="right")
     if unseen:
         table.add_column("split")
-    for c in m.per_class(result.dataset.classes):
+    if pan is not None:
+        table.add_column("kind")
+        for k in ("PQ", "SQ", "RQ"):
+            table.add_column(k, justify="right")
+    for c in result.per_class():
         cells = [str(c["index"]), c["name"], _cell(c["IoU"]), _cell(c["Acc"])]
         if unseen:
             cells.append("unseen" if c["index"] in unseen else "seen")
+        if pan is not None:
+            cells += ["thing" if c["isthing"] else "stuff", _cell(c["PQ"]), _cell(c["SQ"]), _cell(c["RQ"])]
         table.add_row(*cells)
     console.print(table)
     summary = Table(show_header=True)
-    names = list(m.summary())
-    for k in names:
+    values = m.summary()
+    for k in values:
         summary.add_column(k, justify="right")
-    summary.add_row(*[_cell(v) for v in m.summary().values()])
+    summary.add_row(*[_cell(v) for v in values.values()])
     console.print(summary)
+    if pan is not None:
+        pq_table = Table(show_header=True)
+        for k in ("", "PQ", "SQ", "RQ", "categories"):
+            pq_table.add_column(k, justify="right")
+        values = pan.summary()
+        for label, suffix, n in (("All", "", pan.n), ("Things", "_th", pan.n_th), ("Stuff", "_st", pan.n_st)):
+            pq_table.add_row(label, *[_cell(values[k + suffix]) for k in ("PQ", "SQ", "RQ")], str(n))
+        console.print(pq_table)
     console.print(f"{result.elapsed_s:.1f} s, {result.num_images / max(result.elapsed_s, 1e-9):.2f} images/s"
                   + (f"; report: {result.json_path}" if result.json_path else ""))
 
