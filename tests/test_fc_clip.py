@@ -211,6 +211,11 @@ def test_importer_rejects_other_architectures(files, fc_dir, tmp_path):
     torch.save({"model": sd}, bad)
     with pytest.raises(ModelLoadError, match="does not fit"):
         build_fcclip(bad, backbone)
+    # a checkpoint of a ResNet-CLIP FC-CLIP given the ConvNeXt CLIP: named, with the fix
+    res = {k.replace("visual.trunk.", "visual.layer1."): v for k, v in sd.items()}
+    torch.save({"model": res}, bad)
+    with pytest.raises(ModelLoadError, match="trained on a resnet CLIP but the given CLIP is a convnext.*RN50"):
+        build_fcclip(bad, backbone)
 
 
 def test_errors(files):

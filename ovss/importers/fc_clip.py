@@ -194,6 +194,24 @@ def resolve_config(sd: dict[str, torch.Tensor], config: str | Path | dict[str, A
     return arch, settings
 
 
+#: the frozen CLIP's visual tower in a checkpoint: open_clip's timm ConvNeXt trunk, or its ModifiedResNet
+_VISUAL_FAMILIES = {"convnext": "backbone.clip_model.visual.trunk.", "resnet": "backbone.clip_model.visual.layer1."}
+
+
+def _check_clip_family(sd: dict[str, torch.Tensor], model_type: str | None, name: str) -> None:
+    """A checkpoint trained on a ConvNeXt CLIP given a ResNet CLIP (or the reverse) is named as such.
+
+    Raises:
+        ModelLoadError: the checkpoint's visual tower is of another family than ``model_type``.
+    """
+    found = next((fam for fam, prefix in _VISUAL_FAMILIES.items() if any(k.startswith(prefix) for k in sd)), None)
+    if found and model_type and found != model_type:
+        hint = ("--model convnext_large_d_320 --pretrained laion2b_s29b_b131k_ft_soup" if found == "convnext"
+                else "--model RN50 / RN101 / RN50x4 / RN50x16 / RN50x64 --pretrained openai")
+        raise ModelLoadError(f"{name} was trained on a {found} CLIP but the given CLIP is a {model_type}: "
+                             f"pass the CLIP it was trained with ({hint}; see docs/fc_clip.md)")
+
+
 def build_fcclip(checkpoint: str | Path, backbone: torch.nn.Module, config: str | Path | dict[str, Any] | None = None
                  ) -> tuple[FCCLIPNet, FCCLIPSettings]:
     """Build an FC-CLIP network and load a checkpoint into it.
@@ -214,6 +232,7 @@ def build_fcclip(checkpoint: str | Path, backbone: torch.nn.Module, config: str 
             visual tower, other sizes than the config).
     """
     sd = read_checkpoint(checkpoint)
+    _check_clip_family(sd, getattr(backbone, "model_type", None), Path(checkpoint).name)
     arch, settings = resolve_config(sd, config)
     net = FCCLIPNet(backbone, arch)
     own = net.state_dict()
