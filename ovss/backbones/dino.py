@@ -1,14 +1,21 @@
 """Self-supervised ViTs (DINO, DINOv2) through timm, run the way their official code runs them.
 
 ProxyCLIP takes its proxy attention from DINO ViT-B/8 patch features and CLIP-DIY's FOUND
-saliency reads the last-block keys of DINO ViT-S/8. Both official repositories load DINO with
-``torch.hub.load('facebookresearch/dino:main', ...)``; its state dict has exactly timm's
-``VisionTransformer`` layout, so ovss builds the network with timm and loads either timm's hub
-weights or a local checkpoint.
+saliency reads the last-block keys of DINO ViT-S/8. ProxyCLIP loads DINO with
+``torch.hub.load('facebookresearch/dino:main', 'dino_vitb8')`` (``proxyclip_segmentor.py`` L53 at
+05c3c18); FOUND builds DINO's own ``vision_transformer.py`` (``vits.__dict__[vit_arch]``) and loads
+``dino_deitsmall8_300ep_pretrain.pth`` from dl.fbaipublicfiles.com (``model.py::get_vit_encoder``
+L203-229 at a557f2c: L208 the URL, L221 the model, L226-229 the load), the 300-epoch ViT-S/8, not
+the ``dino_deitsmall8_pretrain.pth`` of hub ``dino_vits8`` and timm's ``vit_small_patch8_224.dino``.
+Either state dict has exactly timm's ``VisionTransformer`` layout, so ovss builds the network with
+timm and loads either timm's hub weights or a local checkpoint.
 
 What timm does not reproduce is DINO's position-embedding resize for other input sizes:
-DINO ``vision_transformer.py::interpolate_pos_encoding`` (facebookresearch/dino 7c446df) calls
-bicubic interpolation with ``scale_factor=((h + 0.1) / g0, (w + 0.1) / g0)`` and no antialias,
+DINO ``vision_transformer.py::interpolate_pos_encoding`` (facebookresearch/dino 7c446df; L174-194
+in the stored copy read, 04c0ad9) calls bicubic interpolation with
+``scale_factor=((h + 0.1) / g0, (w + 0.1) / g0)`` (L182-183 ``w0 = w // patch_size``, L186
+``w0, h0 = w0 + 0.1, h0 + 0.1``, L187-191 ``interpolate(..., scale_factor=(w0 / math.sqrt(N),
+h0 / math.sqrt(N)), mode='bicubic')``, where DINO's ``w`` is the pixel height) and no antialias,
 while timm's ``dynamic_img_size`` resamples to a size with antialias (0.69 apart on the parity
 model). :func:`vit_tokens` therefore runs timm's modules with the official resize. DINOv2 with
 registers (``dinov2_vitb14_reg``, hub ``interpolate_offset=0``, ``interpolate_antialias=True``)
@@ -168,7 +175,13 @@ def dino_pos_embed(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, in
     """Resize a DINO position embedding to ``grid`` as DINO ``interpolate_pos_encoding`` does.
 
     Bicubic (align_corners=False, no antialias) with ``scale_factor=((h + 0.1) / g0,
-    (w + 0.1) / g0)`` on the square g0 x g0 grid; prefix (CLS) embeddings unchanged.
+    (w + 0.1) / g0)`` on the square g0 x g0 grid; prefix (CLS) embeddings unchanged
+    (``vision_transformer.py`` L174-194 at 04c0ad9: L186 the +0.1, L187-191 the interpolation, L194
+    the CLS concatenation). DINO returns the embedding unchanged only when ``npatch == N and w == h``
+    (L177, pixel sides); this function tests the grid, so a square g0 x g0 grid from a non-square
+    input whose sides are not multiples of the patch is left unchanged here but resampled by
+    (g0 + 0.1) / g0 in DINO (ovss's CLIP-DIY path, and ProxyCLIP with ``pad_crops``, pad to multiples of
+    the patch first).
 
     Args:
         pos_embed: (1, num_prefix + g0*g0, C).

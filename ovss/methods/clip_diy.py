@@ -6,32 +6,49 @@ Segmentation For-Free", WACV 2024, Sec. 3; ``wysoczanska/clip-diy`` at f88932d:
 (saliency fusion), ``src/datasets/load_dataset.py`` (256x256 resize), ``demo.ipynb::get_mask``
 (notebook variant); saliency: ``thirdparty/extract_saliency.py --drop-probs`` with FOUND
 (``valeoai/FOUND`` 1ad22ba ``model.py``: 1x1 convolution on DINO ViT-S/8 last-block keys).
+Line numbers below are those of the stored copies read: ``src/clip_conv.py`` and
+``thirdparty/extract_saliency.py`` at 8f1a378, ``eval_clipconv.py`` at 3b61389,
+``src/datasets/load_dataset.py`` and ``src/datasets/pascal_voc.py`` at aaebecb, ``demo.ipynb`` at
+2b662d6 (lines of the notebook's JSON), FOUND ``model.py`` at a557f2c.
 
 Evaluation-script pipeline (``variant="eval"``, the benchmark numbers):
 
 1. the RGB image resized to 256x256 with OpenCV bilinear on uint8 (albumentations
-   ``Resize(256, 256, interpolation=1)``; aspect ratio not kept);
+   ``Resize(256, 256, interpolation=1)``; aspect ratio not kept; ``load_dataset.py`` L26-27,
+   ``load_data(cfg, split, False, ...)`` so no normalisation, ``eval_clipconv.py`` L36);
 2. for patch sizes 256, 128, 64 with step ``ps // 2``: every patch (row-major) goes through
    CLIP's image encoder with transformers' ``CLIPImageProcessor`` (4.34) preprocessing: PIL
    bicubic resize to the model's input size on uint8, ``x * (1/255)`` in float64 -> float32,
    ``(x - mean) / std`` in float32; the L2-normalised image embedding's cosine with each class
    embedding (one prompt ``"a photo of a <name>"``, no period) gives an (n, n, C) grid, resized
    bilinearly (align_corners=False) to 256x256 over the whole canvas; the three maps are
-   averaged (``clip_map``);
+   averaged (``clip_map``; ``clip_conv.py`` L146-149 unfold, L151-153 ``ToPILImage``, L130-144
+   ``infer``, L155-172 ``_group_patches``, L102-111 ``forward``);
 3. FOUND saliency on the full-resolution image: ImageNet-normalised, zero-padded right/bottom
    to a multiple of the patch size, DINO last-block keys, 1x1 conv, x8 bilinear upsampling,
-   cropped, sigmoid; resized to 256x256 with OpenCV bilinear;
+   cropped, sigmoid (``extract_saliency.py`` L82, L88, L93-100; FOUND ``model.py`` L53, L55-89,
+   L98); resized to 256x256 with OpenCV bilinear (``pascal_voc.py`` L174
+   ``self.transform(image=saliency)``);
 4. ``clip_map * [1 - s, s, ..., s]`` (class 0 = "background"), softmax over classes, argmax at
-   256x256, nearest-resized (OpenCV) to the image size.
+   256x256 (``eval_clipconv.py`` L53-64), nearest-resized (OpenCV) to the image size
+   (``src/semseg/evaluate.py::combine_predictions`` L55-56 at 3c6d4d0; the official script resizes
+   to the shape of ``dataset_raw.get_mask``, which for VOC is the ground truth nearest-resized to
+   short side 448, ``pascal_voc.py`` L147-152 "fix for the eval").
 
 Notebook variant (``variant="notebook"``): 256x256 by torch nearest on the 0-1 float image
 (patches back to uint8 by ``x.mul(255).byte()``), FOUND on that 256x256 image, no softmax
-(scores = gated cosines), labels resized with torch nearest.
+(scores = gated cosines), labels resized with torch nearest (``demo.ipynb`` L113-116
+``T.Resize((256, 256), interpolation=0)``, ``get_mask`` L45-68: L51 FOUND, L65
+``(clip_map * logits_mask).argmax(dim=1)``, L66 ``F.interpolate(..., mode="nearest")``).
 
 Quirks kept because they change numbers: the "an" prompt branch never fires
-(``text.startswith('aeiou')``), so prompts read "a photo of a aeroplane"; the gate multiplies
-raw cosines (for negative cosines it works backwards); the n x n patch grid is stretched over the
-whole canvas by the bilinear resize although patch centres do not sit at the cell centres.
+(``text.startswith('aeiou')``, ``clip_conv.py`` L61-62 ``_create_prompt``), so prompts read
+"a photo of a aeroplane"; the gate multiplies raw cosines (for negative cosines it works
+backwards; ``eval_clipconv.py`` L60 ``out_ = (out * logits_mask).softmax(dim=1)`` on the cosines
+of ``clip_conv.py`` L141, whose ``#* logit_scale`` is commented out); the n x n patch grid is
+stretched over the whole canvas by the bilinear resize although patch centres do not sit at the
+cell centres (``clip_conv.py`` L165-168, ``F.interpolate(patches, size=(H, W), mode="bilinear",
+align_corners=self.align_corners)``).
 """
 
 from __future__ import annotations
@@ -55,7 +72,7 @@ from ..segmenter import SegmentationResult, Segmenter, square_side
 from ..text import class_embeddings
 from ..vocabulary import BACKGROUND, ClassesInput, Vocabulary, parse_classes
 
-#: the single prompt of ``ClipConv._create_prompt`` (no period)
+#: the single prompt of ``ClipConv._create_prompt`` (no period; ``src/clip_conv.py`` L61-62 at 8f1a378)
 TEMPLATES = ("a photo of a {}",)
 
 #: ``eval_clipconv.py`` / ``src/datasets/pascal_voc.py`` VOC_CLASSES (background first)
@@ -85,7 +102,7 @@ def load_found_decoder(path: str | Path, in_channels: int) -> nn.Conv2d:
 
     Accepted layouts (any of ``.pt``/``.pth``/``.safetensors``):
         - FOUND's release ``decoder_weights.pt``: ``torch.save({"decoder": {"weight": (1, C, 1, 1),
-          "bias": (1,)}})`` (``FoundModel.decoder_load_weights``);
+          "bias": (1,)}})`` (``FoundModel.decoder_load_weights``, FOUND ``model.py`` L156-164 at a557f2c);
         - flat keys ``decoder.weight`` / ``decoder.bias`` (the parity fixture's safetensors);
         - plain ``weight`` / ``bias``.
     C must equal the saliency ViT's width (384 for DINO ViT-S/8).
@@ -311,7 +328,8 @@ class CLIPDIY(Segmenter):
 
     def text_embeddings(self, vocab: Vocabulary) -> torch.Tensor:
         """(C, E) unit-norm class embeddings: the prompt ``"a photo of a <name>"`` per query word
-        (``ClipConv._embed_label``), averaged over a class's synonyms and re-normalised."""
+        (``ClipConv._embed_label``, ``clip_conv.py`` L113-121 at 8f1a378), averaged over a class's
+        synonyms and re-normalised."""
         key = vocab.queries
         if key not in self._text:
             emb = class_embeddings(self.clip, vocab.query_words, TEMPLATES, self.use_cache)
@@ -372,7 +390,8 @@ class CLIPDIY(Segmenter):
         return list(torch.split(embeds, counts))
 
     def clip_map(self, embeds: list[torch.Tensor], text: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Multi-scale map (``ClipConv.forward``).
+        """Multi-scale map (``ClipConv.forward``, ``clip_conv.py`` L102-111 at 8f1a378; cosines without
+        logit scale, L141).
 
         Args:
             embeds: per scale (n*n, E) unit-norm patch embeddings.
@@ -402,7 +421,8 @@ class CLIPDIY(Segmenter):
         Returns:
             (ceil(H/p), ceil(W/p)) logits: ImageNet normalisation, zero padding right/bottom
             to a multiple of the patch size p, last-block keys, 1x1 conv
-            (``extract_saliency.py``, FOUND ``model.py::forward_step``).
+            (``extract_saliency.py`` L82-88 at 8f1a378, FOUND ``model.py::forward_step`` L55-89 and
+            ``make_input_divisible`` L91-99 at a557f2c).
         """
         assert self.saliency is not None and self.decoder is not None
         p = self.saliency.patch_size
@@ -415,7 +435,8 @@ class CLIPDIY(Segmenter):
         return self.decoder(keys)[0, 0]
 
     def saliency_probs(self, found: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``sigmoid(bilinear x p upsampling of the FOUND logits)`` cropped to ``size`` (``--drop-probs``)."""
+        """``sigmoid(bilinear x p upsampling of the FOUND logits)`` cropped to ``size`` (``--drop-probs``,
+        ``extract_saliency.py`` L93-100 at 8f1a378)."""
         p = self.saliency.patch_size if self.saliency is not None else 8
         up = F.interpolate(found[None, None], scale_factor=p, mode="bilinear", align_corners=False)
         return torch.sigmoid(up[0, 0, :size[0], :size[1]])
@@ -488,8 +509,9 @@ class CLIPDIY(Segmenter):
         Returns:
             ``logits`` (C, H, W): the final scores at S x S (eval: softmax over classes of the
             gated cosines; notebook: the gated cosines) nearest-resized to the image size the
-            way the labels are (eval: OpenCV ``INTER_NEAREST``, as ``combine_predictions``;
-            notebook: torch nearest), so their argmax is ``labels``. ``prob_threshold`` (no
+            way the labels are (eval: OpenCV ``INTER_NEAREST``, as ``combine_predictions``,
+            ``src/semseg/evaluate.py`` L55-56 at 3c6d4d0; notebook: torch nearest, ``demo.ipynb``
+            L66), so their argmax is ``labels``. ``prob_threshold`` (no
             official use) sends pixels whose top score is below it to background.
         """
         rgb = load_image(image)

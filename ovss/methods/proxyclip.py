@@ -3,31 +3,46 @@
 Source: Lan et al., "ProxyCLIP: Proxy Attention Improves CLIP for Open-Vocabulary
 Segmentation", ECCV 2024, Sec. 3.2 (Eq. 4-6); ``mc-lan/ProxyCLIP`` at e7b767f:
 ``open_clip/transformer.py::VisionTransformer.forward/custom_attn`` and
-``proxyclip_segmentor.py::ProxyCLIPSegmentation.forward_feature/forward_slide``.
+``proxyclip_segmentor.py::ProxyCLIPSegmentation.forward_feature/forward_slide``. Line numbers
+below are those of the stored copies read: ``proxyclip_segmentor.py`` and ``myutils.py`` at
+05c3c18, ``open_clip/transformer.py`` at e442aeb and f2919bb (identical but for L573).
 
 Per window (the SCLIP-family sliding window of :mod:`ovss.methods.clip_dense`):
 
 1. the proxy input is the CLIP-normalised crop mapped back to 0-1 (``x * s + m``, CLIP
    statistics) and normalised with ImageNet statistics (``myutils.UnNormalize`` then
-   torchvision ``Normalize``);
+   torchvision ``Normalize``: ``myutils.py`` L14 ``t.mul_(s).add_(m)``,
+   ``proxyclip_segmentor.py`` L79-80, L113);
 2. proxy features E (C, I, J): the proxy ViT's final-LayerNorm patch tokens (DINO
-   ``get_intermediate_layers(x)[0]``, CLS dropped), position embedding resized as DINO does;
+   ``get_intermediate_layers(x)[0]``, CLS dropped: ``proxyclip_segmentor.py`` L132, L154),
+   position embedding resized as DINO does;
 3. ``e = normalize(E)``, ``S = e^T e`` (M x M, M = I*J), ``Z = gamma * (S - beta * mean(S))``
    with the mean over all entries of the window's S, ``Z[Z < 0] = -inf``, ``A = softmax(Z)``,
-   one A for every head;
+   one A for every head (``transformer.py`` L569-578);
 4. CLIP's last block: values of ``ln_1(x)`` without CLS, per head resized bilinearly from the
    CLIP grid to (I, J), ``out_proj(A v)``; no residual, no FFN; then ``ln_post`` and ``proj``:
-   tokens on the proxy grid, cosine logits resized to the window.
+   tokens on the proxy grid, cosine logits resized to the window (``transformer.py`` L528
+   ``x = self.custom_attn(blk.attn, blk.ln_1(x), ...)``, L565-566, L580-586, L535-536).
 
 Differences from the official code, none of which changes a number under its protocols:
-float32 throughout (the official code forces fp16; ``precision="fp16"`` is available);
+float32 throughout (the official code forces fp16: ``proxyclip_segmentor.py`` L40
+``create_model(..., precision='fp16')``, L74 ``self.vfm = self.vfm.half()``, L116
+``imgs_norm = imgs_norm.half()``, L172 ``self.clip.encode_image(img.half(), ...)``;
+``precision="fp16"`` is available);
 non-square windows use the correct grids (the official code takes the DINO grid as
-``(H//p, H//p)`` and reshapes CLIP's values with height and width swapped, ``transformer.py``
-``B, nc, w, h = x.shape`` / ``token_size = (h // p, w // p)``; it crashes or computes
-transposed features there, and equals this code on square windows); the similarity mean is
-taken per window when windows are batched (the official code runs one window at a time); a
-window whose proxy similarities leave a row with no kept entry (possible only when
-mean(S) > 1/beta) raises :class:`~ovss.errors.InputError` where the official code returns NaN.
+``(H//p, H//p)``, ``proxyclip_segmentor.py`` L149 ``I, J = imgs_norm[0].shape[-2] // patch_size,
+imgs_norm[0].shape[-2] // patch_size``, and reshapes CLIP's values with height and width swapped,
+``transformer.py`` L504 ``B, nc, w, h = x.shape`` / L521 ``token_size = h // self.patch_size[0],
+w // self.patch_size[1]`` / L580 ``v[:, 1:, :].reshape(bsz*num_heads, token_size[0], token_size[1],
+head_dim)``; it crashes or computes transposed features there, and equals this code on square
+windows); the similarity mean is taken per window when windows are batched (``transformer.py``
+L573: ``torch.mean(similarity)`` at f2919bb pools the whole batch, ``similarity.mean(dim=(1, 2),
+keepdim=True)`` at e442aeb is per window; the official code runs one window at a time,
+``proxyclip_segmentor.py`` L224 ``self.forward_feature(crop_img)`` inside the L208-209 window
+loops); a window whose proxy similarities leave a row with no kept entry (possible only when
+mean(S) > 1/beta) raises :class:`~ovss.errors.InputError` where the official code returns NaN
+(``transformer.py`` L574 ``similarity[similarity < 0.0] = float('-inf')``, L578
+``attn_weights = F.softmax(mask, dim=-1)``).
 """
 
 from __future__ import annotations
@@ -46,11 +61,13 @@ from ..protocols import register_table
 from ..vocabulary import ClassesInput
 from .clip_dense import DenseCLIPSegmenter, centred_padding
 
-#: OpenAI CLIP normalisation on the 0-1 scale (``myutils.UnNormalize`` in the official segmentor).
+#: OpenAI CLIP normalisation on the 0-1 scale (``myutils.UnNormalize`` in the official segmentor,
+#: ``proxyclip_segmentor.py`` L79 at 05c3c18).
 CLIP_MEAN_01 = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD_01 = (0.26862954, 0.26130258, 0.27577711)
 
-#: ``compute_padsize(H, W, 56)`` in ``proxyclip_segmentor.py::forward_slide``
+#: ``compute_padsize(H, W, 56)`` in ``proxyclip_segmentor.py::forward_slide`` (L220 at 05c3c18; centred
+#: padding, ``compute_padsize`` L294-306)
 OFFICIAL_PAD_MULTIPLE = 56
 
 # ProxyCLIP configs/base_config.py + configs/cfg_<dataset>.py at e7b767f (reference §1.7).
@@ -81,10 +98,11 @@ def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Ten
     Returns:
         (B, M, M) row-stochastic weights, M = I*J: ``softmax`` of
         ``gamma * (S - beta * mean(S))`` with entries below 0 masked, S the cosine similarities
-        (``open_clip/transformer.py::custom_attn``).
+        (``open_clip/transformer.py::custom_attn``, L569-578 at e442aeb/f2919bb).
 
     Raises:
-        InputError: a row is entirely masked (the official code returns NaN there).
+        InputError: a row is entirely masked (the official code returns NaN there: L574 sets the
+            whole row to ``-inf``, L578 softmaxes it).
     """
     e = F.normalize(feats.flatten(2), dim=1)
     sim = torch.einsum("bcm,bcn->bmn", e, e)
@@ -161,7 +179,8 @@ class ProxyCLIP(DenseCLIPSegmenter):
     # ----------------------------------------------------------------- hooks
     def window_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """Centred zero padding of a window: to a multiple of 56 under a dataset protocol
-        (``forward_slide``: ``compute_padsize(H, W, 56)``; never triggers with the official
+        (``forward_slide``: ``compute_padsize(H, W, 56)``, ``proxyclip_segmentor.py`` L220 at 05c3c18,
+        ``compute_padsize`` L294-306; never triggers with the official
         crops 336/224), else to a multiple of both patch sizes so both grids cover the window."""
         if not self.protocol.pad_crops:
             return (0, 0, 0, 0)
@@ -173,7 +192,8 @@ class ProxyCLIP(DenseCLIPSegmenter):
 
     def proxy_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) CLIP-normalised -> ImageNet-normalised proxy input (multiply, add,
-        subtract, divide in float32, as ``UnNormalize`` + ``Normalize`` do)."""
+        subtract, divide in float32, as ``UnNormalize`` + ``Normalize`` do: ``myutils.py`` L14,
+        ``proxyclip_segmentor.py`` L113 at 05c3c18, before the L116 cast to fp16)."""
         return (images * self._std01 + self._mean01 - self._in_mean) / self._in_std
 
     def proxy_features(self, images: torch.Tensor) -> torch.Tensor:
