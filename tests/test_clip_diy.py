@@ -203,3 +203,28 @@ def test_registry() -> None:
         from ovss.methods.clip_diy import COCO_OBJECT_CLASSES, VOC21_CLASSES
     assert len(VOC21_CLASSES) == 21 and len(COCO_OBJECT_CLASSES) == 81
     assert COCO_OBJECT_CLASSES[0] == VOC21_CLASSES[0] == "background"
+
+
+def test_default_saliency_weights_are_founds_300_epoch_dino(quick: Any, files: dict[str, str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """FOUND's decoder was trained on DINO's 300-epoch ViT-S/8 (not timm's ViT-S/8 release): the
+    default saliency weights are that file, fetched once into torch's hub cache; offline, the
+    error says how to pass a local copy."""
+    import shutil
+
+    import ovss.backbones.clip as bc
+    from ovss.backbones.dino import load_vit
+    from ovss.methods.clip_diy import FOUND_DINO_URL
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(bc, "url_reachable", lambda url, timeout=1.0: False)
+    with pytest.raises(ModelLoadError, match=r"dino_deitsmall8_300ep_pretrain\.pth.*--saliency-pretrained"):
+        _build(files, clip=quick.clip, saliency_model="vit_small_patch8_224.dino", saliency_pretrained=None)
+    # a URL whose file is in the cache loads without the network (the tiny weights stand in)
+    url = "https://example.invalid/dino/tiny_dino_s8.safetensors"
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "tiny_dino_s8.safetensors"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(files["dino_w"], cached)
+    vit = load_vit(files["dino"], url, flag="--saliency-model", pretrained_flag="--saliency-pretrained")
+    assert vit.pretrained == str(cached)
+    assert FOUND_DINO_URL.endswith("/dino_deitsmall8_300ep_pretrain.pth")

@@ -91,12 +91,19 @@ def hub_reachable(timeout: float = 1.0) -> bool:
     """True when the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
+
+
+def url_reachable(url: str, timeout: float = 1.0) -> bool:
+    """True when the host of ``url`` answers a TCP connection within ``timeout`` seconds."""
+    parts = urlparse(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     # the name lookup has no timeout of its own (a dead DNS server blocks for many seconds):
     # resolve in a daemon thread and give up after ``timeout``
     found: list[Any] = []
-    lookup = threading.Thread(target=lambda: found.append(_resolve(host, port)), daemon=True)
+    lookup = threading.Thread(target=lambda: found.append(_resolve(parts.hostname, port)), daemon=True)
     lookup.start()
     lookup.join(timeout)
     if not found or not found[0]:
@@ -109,6 +116,30 @@ def hub_reachable(timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def fetch_url(url: str, flag: str) -> Path:
+    """Local copy of a checkpoint URL, downloaded once into torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it).
+
+    Raises:
+        ModelLoadError: the file is not cached and cannot be downloaded (says how to pass a
+            local copy with ``flag``).
+    """
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if target.is_file():
+        return target
+    help_ = (f"download {url} on a machine with network access and pass the file with {flag} "
+             f"/path/to/{target.name} (or put it in {target.parent})")
+    if not url_reachable(url):
+        raise ModelLoadError(f"cannot download {url} (no network?): {help_}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as exc:
+        raise ModelLoadError(f"could not download {url}: {str(exc).splitlines()[0] if str(exc) else exc}; "
+                             f"{help_}") from None
+    return target
 
 
 def _resolve(host: str, port: int) -> list[Any]:

@@ -27,7 +27,8 @@ Model spec (``proxy_model`` / ``saliency_model``): a timm model name such as
 ``vit_base_patch16_224.dino``, ``vit_base_patch14_reg4_dinov2.lvd142m``; or a JSON file whose
 ``"timm"`` entry holds ``{"model_name": ..., "kwargs": {...}}`` (architecture overrides), as
 the parity fixtures' ``tiny_dino_b8.json``. Weights: a local checkpoint file (safetensors or a
-torch pickle; DINO/timm key layout) or, when none is given, timm's hub weights.
+torch pickle; DINO/timm key layout), a checkpoint URL (CLIP-DIY's default: FOUND's 300-epoch
+ViT-S/8), or, when none is given, timm's hub weights.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from .clip import hub_file_cached, hub_reachable, load_into, load_state_dict_file, offline_help
+from .clip import fetch_url, hub_file_cached, hub_reachable, load_into, load_state_dict_file, offline_help
 
 #: ImageNet normalisation (0-1 scale) of the DINO family (torchvision ``Normalize``).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,8 +107,10 @@ def load_vit(model: str, pretrained: str | None = None, device: str | torch.devi
 
     Args:
         model: timm model name or JSON config (see the module docstring).
-        pretrained: local checkpoint (timm/DINO state-dict keys; a ``head.*`` is dropped), or
-            None to download timm's hub weights (a timm name only).
+        pretrained: local checkpoint (timm/DINO state-dict keys; a ``head.*`` is dropped), a
+            checkpoint URL (downloaded once into torch's hub cache, e.g. DINO's released
+            ``dino_deitsmall8_300ep_pretrain.pth``), or None to download timm's hub weights (a
+            timm name only).
         device: where to put the model.
         flag, pretrained_flag: option names used in error messages.
 
@@ -136,6 +139,8 @@ def load_vit(model: str, pretrained: str | None = None, device: str | torch.devi
     if model.lower().endswith(".json") and not pretrained:
         raise ModelLoadError(f"{flag} {model} describes its own architecture: pass its weights with {pretrained_flag}")
     kwargs.setdefault("num_classes", 0)
+    if pretrained and pretrained.startswith(("https://", "http://")):  # e.g. DINO's own releases
+        pretrained = str(fetch_url(pretrained, pretrained_flag))
     if pretrained:
         sd = load_state_dict_file(pretrained)
         try:

@@ -92,6 +92,10 @@ COCO_OBJECT_CLASSES = (
     "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
 
 #: official protocols (``configs/cfg_clip_pascal.yaml``, ``configs/cfg_clip_coco.yaml``: same ClipConv values)
+#: FOUND's saliency ViT: DINO ViT-S/8 (timm layout) with the weights FOUND itself loads, the 300-epoch
+#: release (valeoai/FOUND ``model.py`` L208 at a557f2c), on which its decoder was trained
+FOUND_VIT = "vit_small_patch8_224.dino"
+FOUND_DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"
 DATASET_CLASSES = {"voc21": VOC21_CLASSES, "coco_object": COCO_OBJECT_CLASSES}
 
 VARIANTS = ("eval", "notebook")
@@ -186,7 +190,10 @@ class CLIPDIY(Segmenter):
             notebook does: the saliency gate needs it at index 0).
         saliency_model: timm name or JSON config of FOUND's ViT (DINO ViT-S/8); None (or "none")
             runs without saliency (a warning; ``settings["saliency"]`` is False).
-        saliency_pretrained: local checkpoint of the saliency ViT; None: timm's hub weights.
+        saliency_pretrained: checkpoint (file or URL) of the saliency ViT; None: with the default
+            ``saliency_model``, FOUND's own ``dino_deitsmall8_300ep_pretrain.pth`` (:data:`FOUND_DINO_URL`,
+            downloaded once into torch's hub cache: the released decoder was trained on it, and timm's
+            ``vit_small_patch8_224.dino`` is DINO's other ViT-S/8); with another model, timm's hub weights.
         saliency_head: FOUND decoder file (see :func:`load_found_decoder`); required with a
             saliency model.
         variant: "eval" (evaluation script) or "notebook" (``demo.ipynb``).
@@ -219,7 +226,7 @@ class CLIPDIY(Segmenter):
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k",
                  dataset: str | None = None, device: str | torch.device = "cpu", *,
-                 classes: ClassesInput | None = None, saliency_model: str | None = "vit_small_patch8_224.dino",
+                 classes: ClassesInput | None = None, saliency_model: str | None = FOUND_VIT,
                  saliency_pretrained: str | None = None, saliency_head: str | None = None, variant: str = "eval",
                  img_size: int = 256, patch_sizes: Sequence[int] = (256, 128, 64), stride_divisor: int = 2,
                  patch_weights: Sequence[float] | None = None, saliency_max_side: int | None = 1024,
@@ -276,6 +283,8 @@ class CLIPDIY(Segmenter):
                                      "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
                                      "FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
+            if saliency_pretrained is None and saliency_model == FOUND_VIT:
+                saliency_pretrained = FOUND_DINO_URL
             self.saliency = load_vit(saliency_model, saliency_pretrained, self.device, flag="--saliency-model",
                                      pretrained_flag="--saliency-pretrained")
             self.decoder = load_found_decoder(saliency_head, self.saliency.embed_dim).to(self.device)
