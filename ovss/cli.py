@@ -177,12 +177,11 @@ def write_panoptic(path: Path, rgb: Any, panoptic: dict[str, Any], classes: list
 def write_panoptic_ids(path: Path, ids: Any) -> None:
     """The panoptic id map in the COCO panoptic PNG encoding (``id = R + 256 G + 256^2 B``; 0: no
     segment), the ids of the JSON report's ``extras.panoptic.segments``."""
-    import numpy as np
     from PIL import Image
 
-    ids = np.asarray(ids).astype(np.uint32)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-    Image.fromarray(rgb).save(path)
+    from .data.datasets import id2rgb
+
+    Image.fromarray(id2rgb(ids)).save(path)
 
 
 def _to_json(v: Any) -> Any:

@@ -38,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..backbones.convnext_clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, load_conv_clip
+from ..data.datasets import rgb2id
 from ..errors import DatasetError, InputError
 from ..models.mask2former import FCCLIPConfig, FCCLIPNet
 from ..text import class_embeddings
@@ -45,12 +46,6 @@ from ..vocabulary import Vocabulary
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def rgb2id(png: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG (H, W, 3) uint8 -> segment ids ``R + 256 G + 256^2 B`` (panopticapi)."""
-    png = png.astype(np.int64)
-    return png[..., 0] + 256 * png[..., 1] + 256 * 256 * png[..., 2]
 
 
 class COCOPanopticDataset(torch.utils.data.Dataset):
