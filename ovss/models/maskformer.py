@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.resnet import ResNet, ResNetConfig
+from .mask2former import MLP, PositionEmbeddingSine  # the same DETR modules, same keys
 
 
 @dataclass
@@ -97,31 +98,6 @@ class BasePixelDecoder(nn.Module):
             y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
             y = getattr(self, f"layer_{k}")(y)
         return self.mask_features(y)
-
-
-class PositionEmbeddingSine(nn.Module):
-    """DETR sine position embedding, normalised, over the whole (padded) grid: (B, 2F, H, W)."""
-
-    def __init__(self, num_pos_feats: int, temperature: float = 10000.0) -> None:
-        super().__init__()
-        self.num_pos_feats = num_pos_feats
-        self.temperature = temperature
-        self.scale = 2 * math.pi
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        not_mask = torch.ones((x.shape[0], x.shape[2], x.shape[3]), dtype=torch.bool, device=x.device)
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
-        eps = 1e-6
-        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="trunc") / self.num_pos_feats)
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
 class DecoderLayer(nn.Module):
@@ -197,23 +173,6 @@ class Transformer(nn.Module):
         tgt = torch.zeros_like(query_pos)
         hs = self.decoder(tgt, src, pos, query_pos)
         return hs.transpose(1, 2)
-
-
-class MLP(nn.Module):
-    """``layers.0 .. layers.{n-1}`` Linear layers with ReLU between them (DETR ``MLP``)."""
-
-    def __init__(self, din: int, dhidden: int, dout: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [din] + [dhidden] * (num_layers - 1)
-        outs = [dhidden] * (num_layers - 1) + [dout]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, outs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class TransformerPredictor(nn.Module):
