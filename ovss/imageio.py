@@ -87,3 +87,42 @@ def list_images(paths: list[str | Path]) -> list[Path]:
         else:
             raise InputError(f"image file not found: {p}")
     return out
+
+
+# --------------------------------------------------------------------------- detectron2's test input
+def read_image_d2(image: ImageInput) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as detectron2 ``read_image(path, "RGB")`` reads it: Pillow decoding with the
+    EXIF orientation applied (arrays and PIL images pass through :func:`load_image`).
+
+    Raises:
+        InputError: missing or unreadable file.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as im:
+                return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+        except Exception as exc:
+            raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
+                             "is it a JPEG/PNG/... file?") from None
+    return load_image(image)
+
+
+def d2_test_size(h: int, w: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """(new_h, new_w) of detectron2 ``ResizeShortestEdge.get_output_shape`` (``int(x + 0.5)`` rounding)."""
+    size = float(short_side)
+    scale = size / min(h, w)
+    newh, neww = (size, scale * w) if h < w else (scale * h, size)
+    if max(newh, neww) > max_long_side:
+        scale = max_long_side * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def d2_resize(image: np.ndarray, short_side: int, max_long_side: int) -> np.ndarray:
+    """detectron2 test resize of an (H, W, 3) uint8 image: Pillow bilinear (antialiased when shrinking)."""
+    h, w = image.shape[:2]
+    newh, neww = d2_test_size(h, w, short_side, max_long_side)
+    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))

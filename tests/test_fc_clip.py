@@ -250,7 +250,8 @@ def test_official_class_file_as_classes(seg, tmp_path):
 
 
 def test_class_files_and_protocols():
-    from ovss.methods.fc_clip import PROTOCOLS, dataset_vocabulary, resize_shortest_edge, seen_mask
+    from ovss.imageio import d2_test_size as resize_shortest_edge
+    from ovss.methods.fc_clip import PROTOCOLS, dataset_vocabulary, seen_mask
 
     ade, coco = dataset_vocabulary("ade20k"), dataset_vocabulary("coco")
     assert len(ade) == 150 and sum(len(q) for q in ade.queries) == 403

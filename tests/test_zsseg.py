@@ -12,6 +12,7 @@ import torch
 
 import ovss
 from ovss.errors import InputError, ModelLoadError, UnknownNameError
+from ovss.imageio import d2_test_size
 from ovss.methods import two_stage as ts
 
 from conftest import fp32_close, max_abs_diff as _diff, same_mask_areas
@@ -249,9 +250,9 @@ def test_empty_masks_are_invalid(seg) -> None:
 
 
 def test_d2_resize_rounding() -> None:
-    assert ts.d2_test_size(512, 512, 320, 1280) == (320, 320)
-    assert ts.d2_test_size(300, 451, 320, 1280) == (320, 481)
-    assert ts.d2_test_size(100, 1000, 320, 1280) == (128, 1280)
+    assert d2_test_size(512, 512, 320, 1280) == (320, 320)
+    assert d2_test_size(300, 451, 320, 1280) == (320, 481)
+    assert d2_test_size(100, 1000, 320, 1280) == (128, 1280)
 
 
 # ------------------------------------------------------------------------------- training-free

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..backbones.convnext_clip import ConvCLIPBackbone, load_conv_clip
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput, load_image
+from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.fc_clip import build_fcclip
 from ..models.mask2former import classification_logits
 from ..segmenter import SegmentationResult, Segmenter
@@ -159,22 +159,6 @@ def seen_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> torch.Tensor:
     """(K,) int64: 1 where one of the class's synonyms equals (string equality) a training synonym."""
     train = {w for qs in train_vocab.queries for w in qs}
     return torch.tensor([int(not train.isdisjoint(set(qs))) for qs in vocab.queries], dtype=torch.long)
-
-
-def resize_shortest_edge(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output (h, w) of detectron2 ``ResizeShortestEdge.get_output_shape`` (``int(x + 0.5)`` rounding)."""
-    scale = short * 1.0 / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        scale = max_size * 1.0 / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
-def resize_image(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> resized (h, w, 3) uint8 with PIL bilinear (detectron2's ResizeTransform)."""
-    h, w = resize_shortest_edge(image.shape[0], image.shape[1], short, max_size)
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
 def geometric_ensemble(in_vocab: torch.Tensor, out_vocab: torch.Tensor, seen: torch.Tensor, alpha: float,
@@ -458,7 +442,7 @@ class FCCLIP(Segmenter):
         Raises:
             InputError: unreadable image, bad classes, a threshold without a background class.
         """
-        img = load_image(image)
+        img = read_image_d2(image)  # Pillow decoding, as detectron2's read_image
         vocab, things = self.vocabulary(classes)
         if background is not None:
             words = [background] if isinstance(background, str) else list(background)
@@ -468,7 +452,7 @@ class FCCLIP(Segmenter):
                 things = tuple(t + 1 for t in things)
         if prob_threshold is not None and vocab.background is None:
             raise InputError("prob_threshold needs a background class: pass background=... (e.g. 'background')")
-        resized = resize_image(img, self.short_side, self.max_long_side)
+        resized = d2_resize(img, self.short_side, self.max_long_side)
         res = self.run(resized, (img.shape[0], img.shape[1]), vocab, things)
         scores = res["sem_seg"].float()
         labels = scores.argmax(0)

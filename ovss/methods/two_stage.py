@@ -23,12 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from ..backbones.clip import LoadedCLIP
 from ..errors import InputError, ModelLoadError
-from ..imageio import ImageInput, load_image
 
 #: CLIP's RGB normalisation (OpenAI), 0-1 scale.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -75,44 +74,6 @@ ZEGFORMER_CLIP_TEMPLATES: tuple[str, ...] = (
 
 
 # ---------------------------------------------------------------------------------------------- input
-
-def read_image_d2(image: ImageInput) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as detectron2 ``read_image(path, "RGB")`` reads it: Pillow decoding with the
-    EXIF orientation applied (arrays and PIL images pass through :func:`ovss.imageio.load_image`).
-
-    Raises:
-        InputError: missing or unreadable file.
-    """
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
-        except Exception as exc:
-            raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
-                             "is it a JPEG/PNG/... file?") from None
-    return load_image(image)
-
-
-def d2_test_size(h: int, w: int, short_side: int, max_long_side: int) -> tuple[int, int]:
-    """(new_h, new_w) of detectron2 ``ResizeShortestEdge.get_output_shape`` (``int(x + 0.5)`` rounding)."""
-    size = float(short_side)
-    scale = size / min(h, w)
-    newh, neww = (size, scale * w) if h < w else (scale * h, size)
-    if max(newh, neww) > max_long_side:
-        scale = max_long_side * 1.0 / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
-def d2_resize(image: np.ndarray, short_side: int, max_long_side: int) -> np.ndarray:
-    """detectron2 test resize of an (H, W, 3) uint8 image: Pillow bilinear (antialiased when shrinking)."""
-    h, w = image.shape[:2]
-    newh, neww = d2_test_size(h, w, short_side, max_long_side)
-    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
-
 
 def check_test_size(short_side: int | None, max_long_side: int | None) -> None:
     for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):

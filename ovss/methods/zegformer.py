@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..backbones.clip import LoadedCLIP, load_clip, load_into
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput
+from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.zegformer import ZEGFORMER_EMBED_DIM, load_zegformer_checkpoint
 from ..models.maskformer import MaskFormerV1, pad_to_divisible
 from ..segmenter import SegmentationResult, Segmenter
@@ -215,9 +215,9 @@ class ZegFormer(Segmenter):
         ``text_features_clip`` (C, 512), ``pred_logits`` (Q, C+1), ``pred_masks`` (Q, hp/4, wp/4),
         ``mask_logits`` (Q, hp, wp), ``boxes`` (Q, 4), ``crops`` (Q, 3, 224, 224), ``clip_features`` (Q, 512),
         ``ensemble_probs`` (Q, C), ``sem_seg`` (C, H, W), ``names``, ``seen``."""
-        rgb = ts.read_image_d2(image)
+        rgb = read_image_d2(image)
         names, seen = self.resolve_classes(classes)
-        resized = ts.d2_resize(rgb, self.short_side, self.max_long_side)
+        resized = d2_resize(rgb, self.short_side, self.max_long_side)
         img = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device)
         h, w = img.shape[-2:]
         t_seg, t_clip = self.text_features(names)

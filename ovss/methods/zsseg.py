@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput
+from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.zsseg import ZSSegWeights, load_zsseg_checkpoint
 from ..models.maskformer import MaskFormerV1, pad_to_divisible
 from ..segmenter import SegmentationResult, Segmenter
@@ -281,9 +281,9 @@ class ZSSeg(Segmenter):
         ``mask_area`` (Q,), ``boxes`` (V, 4), ``crops`` (V, 3, 224, 224), ``clip_logits`` (V, C+1),
         ``clip_probs`` (Q, C), ``ensemble_probs`` (Q, C), ``sem_seg`` (C, H, W), ``names``.
         """
-        rgb = ts.read_image_d2(image)
+        rgb = read_image_d2(image)
         names, flag = self.resolve_classes(classes)
-        resized = ts.d2_resize(rgb, self.short_side, self.max_long_side)
+        resized = d2_resize(rgb, self.short_side, self.max_long_side)
         img = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device)
         h, w = img.shape[-2:]
         out: dict[str, Any] = {"image": img, "names": names}

@@ -39,6 +39,7 @@ from PIL import Image
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..errors import DatasetError, InputError
+from ..imageio import d2_test_size, read_image_d2
 from ..importers.zsseg import ZSSEG_RELEASED, maskformer_config
 from ..importers.zegformer import ZEGFORMER_EMBED_DIM, ZEGFORMER_RELEASED
 from ..models.maskformer import MaskFormerV1
@@ -214,7 +215,7 @@ class SeenClassDataset:
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img_path, lab_path = self.items[i]
-        img = ts.read_image_d2(img_path)
+        img = read_image_d2(img_path)
         lab = np.asarray(Image.open(lab_path))
         if lab.ndim != 2 or lab.shape != img.shape[:2]:
             raise DatasetError(f"label {lab_path} is not a single-channel map of the image's size")
@@ -227,7 +228,7 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: TrainConfig, rng: random.Rand
     if not cfg.augment:
         return img, lab
     short = rng.choice(cfg.min_sizes)
-    h, w = ts.d2_test_size(img.shape[0], img.shape[1], short, cfg.max_size)
+    h, w = d2_test_size(img.shape[0], img.shape[1], short, cfg.max_size)
     img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
     lab = np.asarray(Image.fromarray(lab).resize((w, h), Image.NEAREST))
     ch, cw = min(cfg.crop_size, h), min(cfg.crop_size, w)
