@@ -34,7 +34,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -355,9 +355,9 @@ def encode_template_prompts(clip: LoadedCLIP, words: Sequence[str], templates: S
 
 
 # --------------------------------------------------------------------------- cache
-def _key(clip: LoadedCLIP, words: Sequence[str], templates: Sequence[str]) -> str:
+def _key(clip: LoadedCLIP, words: Sequence[str], templates: Sequence[str], **extra: Any) -> str:
     payload = json.dumps({"model": clip.name, "weights": clip.fingerprint,
-                          "templates": list(templates), "words": list(words)})
+                          "templates": list(templates), "words": list(words), **extra})
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -417,14 +417,47 @@ def class_embeddings(clip: LoadedCLIP, words: Sequence[str], templates: Sequence
     Returns:
         float32 (Q, D) L2-normalised embeddings, on the model's device.
     """
-    device = _device(clip)
-    path = cache_path(clip, words, templates)
+    def compute() -> torch.Tensor:
+        feats = F.normalize(encode_template_prompts(clip, words, templates), dim=-1)   # (Q, T, D)
+        return F.normalize(feats.mean(dim=1), dim=-1)
+
+    return _cached(cache_path(clip, words, templates), len(words), compute, use_cache).to(_device(clip))
+
+
+def group_embeddings(clip: LoadedCLIP, groups: Sequence[Sequence[str]], templates: Sequence[str],
+                     use_cache: bool = True) -> torch.Tensor:
+    """Embedding of each group of synonyms: every prompt ``template.format(word)`` of the group
+    (all templates x all its words) L2-normalised, averaged together, L2-normalised again
+    (ZegFormer ``zeroshot_classifier``: a class name "a, b" is the group ["a", "b"]).
+
+    Args:
+        groups: (C,) lists of words, at least one each.
+        templates: prompt templates with one ``{}`` each.
+        use_cache: read and write the on-disk cache (see :func:`cache_dir`).
+
+    Returns:
+        float32 (C, D) L2-normalised embeddings, on the model's device.
+    """
+    groups = [list(g) for g in groups]
+    words = [w for g in groups for w in g]
+
+    def compute() -> torch.Tensor:
+        feats = F.normalize(encode_template_prompts(clip, words, templates), dim=-1)   # (W, T, D)
+        means = [part.reshape(-1, part.shape[-1]).mean(dim=0) for part in torch.split(feats, [len(g) for g in groups])]
+        return F.normalize(torch.stack(means), dim=-1)
+
+    path = cache_dir() / f"{_key(clip, words, templates, groups=groups)}.safetensors"
+    return _cached(path, len(groups), compute, use_cache).to(_device(clip))
+
+
+def _cached(path: Path, n: int, compute: Callable[[], torch.Tensor], use_cache: bool) -> torch.Tensor:
+    """(n, D) embeddings from the cache entry ``path`` when it is there and sound, else
+    ``compute()`` (written to ``path`` atomically)."""
     if use_cache:
-        hit = _read_cache(path, len(words))
+        hit = _read_cache(path, n)
         if hit is not None:
-            return hit.to(device)
-    feats = F.normalize(encode_template_prompts(clip, words, templates), dim=-1)   # (Q, T, D)
-    emb = F.normalize(feats.mean(dim=1), dim=-1)
+            return hit
+    emb = compute()
     if use_cache:
         _write_cache(path, emb)
     return emb

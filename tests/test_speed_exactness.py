@@ -10,7 +10,6 @@ and every precision runs. All on the tiny random CLIP of ``../shared/parity``.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 
 import numpy as np

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..backbones.convnext_clip import ConvCLIPBackbone, load_conv_clip
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean

@@ -17,7 +17,6 @@ proposals classified by CLIP.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..backbones.clip import LoadedCLIP
 from ..errors import InputError, ModelLoadError
+from ..text import class_embeddings, group_embeddings
 
 #: CLIP's RGB normalisation (OpenAI), 0-1 scale.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -189,91 +189,24 @@ def zegformer_crops(clip_input: torch.Tensor, masks: torch.Tensor, boxes: torch.
 
 # ---------------------------------------------------------------------------------- text side
 
-@torch.no_grad()
-def encode_text_truncated(clip: LoadedCLIP, prompts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-    """``encode_text`` (N, E), not normalised, running the text transformer only up to the longest EOT
-    position of each batch: with CLIP's causal mask the EOT feature does not depend on later positions,
-    so this equals the full 77-token pass up to float rounding and is several times faster."""
-    model = clip.model
-    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", "argmax") != "argmax":
-        from ..text import encode_prompts  # towers without OpenAI-style EOT pooling: the plain full pass
-
-        return encode_prompts(clip, prompts)
-    device = model.token_embedding.weight.device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = clip.tokenizer(list(prompts[i:i + batch_size])).to(device)
-        eot = tokens.argmax(dim=-1)  # the EOT id is the largest token id
-        n = int(eot.max()) + 1
-        x = model.token_embedding(tokens[:, :n]).float() + model.positional_embedding[:n].float()
-        mask = model.attn_mask[:n, :n] if model.attn_mask is not None else None
-        x = model.ln_final(model.transformer(x, attn_mask=mask))
-        out.append(x[torch.arange(x.shape[0], device=device), eot] @ model.text_projection)
-    return torch.cat(out) if out else torch.zeros(0, model.text_projection.shape[-1], device=device)
-
-
 def template_embeddings(clip: LoadedCLIP, names: Sequence[str], templates: Sequence[str],
                         split_synonyms: bool = False, use_cache: bool = True) -> torch.Tensor:
     """Text classifier averaged over templates (and synonyms), cached on disk (``ovss.text.cache_dir``).
 
     ``split_synonyms=False`` (ZSSeg ``PredefinedPromptExtractor``): per template encode, L2-normalise,
-    mean over templates, L2-normalise; a name such as "road, route" is one string.
+    mean over templates, L2-normalise; a name such as "road, route" is one string
+    (:func:`ovss.text.class_embeddings`).
     ``split_synonyms=True`` (ZegFormer ``zeroshot_classifier``): a name with ``", "`` gives every template x
-    every synonym; all are L2-normalised and averaged together, then L2-normalised.
+    every synonym; all are L2-normalised and averaged together, then L2-normalised
+    (:func:`ovss.text.group_embeddings`).
 
     Returns:
         float32 (C, D), on the CLIP model's device.
     """
-    import hashlib
-    import json
-
-    from ..text import cache_dir
-
-    device = next(clip.model.parameters()).device
-    key = hashlib.sha256(json.dumps({"model": clip.name, "weights": clip.fingerprint, "templates": list(templates),
-                                     "names": list(names), "split": split_synonyms,
-                                     "kind": "two_stage"}).encode()).hexdigest()[:32]
-    path = cache_dir() / f"two_stage_{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            from safetensors.torch import load_file
-
-            emb = load_file(str(path))["embeddings"]
-            if emb.shape[0] == len(names) and torch.isfinite(emb).all():
-                return emb.to(device)
-        except Exception:
-            pass  # unreadable entry: rebuild it
-    prompts: list[str] = []
-    counts: list[int] = []
-    for name in names:
-        parts = name.split(", ") if split_synonyms and ", " in name else [name]
-        group = [t.format(p) for t in templates for p in parts]
-        prompts.extend(group)
-        counts.append(len(group))
-    feats = encode_text_truncated(clip, prompts)
-    feats = feats / feats.norm(dim=-1, keepdim=True)
-    out = torch.stack([g.mean(dim=0) for g in torch.split(feats, counts)])
-    out = out / out.norm(dim=-1, keepdim=True)
-    if use_cache:
-        _write_cache(path, out)
-    return out
-
-
-def _write_cache(path: Path, emb: torch.Tensor) -> None:
-    import os
-    import tempfile
-    import warnings
-
-    from safetensors.torch import save_file
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"embeddings": emb.contiguous().cpu()}, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        warnings.warn(f"cannot write the text-embedding cache in {path.parent}: {exc}", stacklevel=3)
+    if split_synonyms:
+        groups = [name.split(", ") if ", " in name else [name] for name in names]
+        return group_embeddings(clip, groups, templates, use_cache=use_cache)
+    return class_embeddings(clip, names, templates, use_cache=use_cache)
 
 
 class LearnablePrompts(nn.Module):
