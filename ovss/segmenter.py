@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -85,9 +85,15 @@ class Segmenter(abc.ABC):
         """Every setting of this segmenter, JSON-able (written to the CLI's JSON report)."""
         return {"method": self.method, "device": str(self.device)}
 
+    #: the method's own table of official protocols (dataset -> settings), for methods whose
+    #: protocols are not in :mod:`ovss.protocols`
+    protocol_table: ClassVar[Mapping[str, Any] | None] = None
+
     @classmethod
     def datasets(cls) -> list[str]:
         """Benchmarks for which this method has an official protocol (``dataset=``)."""
+        if cls.protocol_table is not None:
+            return list(cls.protocol_table)
         from .protocols import protocol_datasets
 
         return protocol_datasets(cls.method)

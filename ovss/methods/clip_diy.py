@@ -218,11 +218,7 @@ class CLIPDIY(Segmenter):
 
     method = "clip_diy"
     paper = "Wysoczanska et al., WACV 2024 (CLIP-DIY)"
-
-    @classmethod
-    def datasets(cls) -> list[str]:
-        """Benchmarks with an official CLIP-DIY protocol."""
-        return list(DATASET_CLASSES)
+    protocol_table = DATASET_CLASSES
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k",
                  dataset: str | None = None, device: str | torch.device = "cpu", *,

@@ -281,11 +281,7 @@ class FCCLIP(Segmenter):
 
     method = "fc_clip"
     paper = "Yu et al., NeurIPS 2023 (FC-CLIP)"
-
-    @classmethod
-    def datasets(cls) -> list[str]:
-        """Benchmarks with an official FC-CLIP protocol."""
-        return list(PROTOCOLS)
+    protocol_table = PROTOCOLS
 
     def __init__(self, model: str = "convnext_large_d_320", pretrained: str = "laion2b_s29b_b131k_ft_soup",
                  checkpoint: str | Path | None = None, config: str | Path | None = None, dataset: str | None = "ade20k",

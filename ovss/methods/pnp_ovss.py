@@ -622,11 +622,7 @@ class PnPOVSS(Segmenter):
     method: ClassVar[str] = "pnp_ovss"
     paper: ClassVar[str] = ("Luo et al., Emergent Open-Vocabulary Semantic Segmentation from "
                             "Off-the-shelf Vision-Language Models (PnP-OVSS), CVPR 2024")
-
-    @classmethod
-    def datasets(cls) -> list[str]:
-        """Benchmarks with an official PnP-OVSS protocol."""
-        return list(PROTOCOLS)
+    protocol_table = PROTOCOLS
 
     def __init__(self, model: str = "Salesforce/blip-itm-large-coco", dataset: str | None = None,
                  image_size: int = 336, device: str = "cpu", layer: int = 8, head: int = 9,

@@ -131,11 +131,7 @@ class ZegFormer(Segmenter):
 
     method = "zegformer"
     paper = "Ding et al., CVPR 2022 (ZegFormer)"
-
-    @classmethod
-    def datasets(cls) -> list[str]:
-        """Benchmarks with an official ZegFormer protocol."""
-        return list(PROTOCOLS)
+    protocol_table = PROTOCOLS
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str = "openai", checkpoint: str | Path | None = None,
                  config: str | Path | dict[str, Any] | None = None, dataset: str = "coco_stuff",

@@ -167,11 +167,7 @@ class ZSSeg(Segmenter):
 
     method = "zsseg"
     paper = "Xu et al., ECCV 2022 (ZSSeg / SimSeg)"
-
-    @classmethod
-    def datasets(cls) -> list[str]:
-        """Benchmarks with an official ZSSeg protocol."""
-        return list(PROTOCOLS)
+    protocol_table = PROTOCOLS
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str = "openai", checkpoint: str | Path | None = None,
                  config: str | Path | dict[str, Any] | None = None, dataset: str = "coco_stuff",
