@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from ovss.errors import DatasetError
-from ovss.training.maskformer_train import (ProposalTrainer, SeenClassDataset, TrainConfig, dice_loss,
+from ovss.training.losses import dice_loss
+from ovss.training.maskformer_train import (ProposalTrainer, SeenClassDataset, TrainConfig,
                                             hungarian_match)
 
 CLASSES = ["person", "bicycle", "car", "cow"]

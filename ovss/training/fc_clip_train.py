@@ -40,6 +40,7 @@ from torch import nn
 from ..backbones.convnext_clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, load_conv_clip
 from ..data.datasets import rgb2id
 from ..errors import DatasetError, InputError
+from .losses import batch_dice_cost, batch_sigmoid_ce_cost, dice_loss, sigmoid_ce_loss
 from ..models.mask2former import FCCLIPConfig, FCCLIPNet
 from ..text import class_embeddings
 from ..vocabulary import Vocabulary
@@ -208,31 +209,6 @@ def uncertain_point_coords(logits: torch.Tensor, num_points: int, oversample_rat
     if n_rand > 0:
         coords = torch.cat([coords, torch.rand(n, n_rand, 2, device=logits.device)], dim=1)
     return coords
-
-
-def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    inputs = inputs.sigmoid().flatten(1)
-    numerator = 2 * (inputs * targets).sum(-1)
-    denominator = inputs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
-
-
-def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(inputs, targets, reduction="none").mean(1).sum() / num_masks
-
-
-def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    inputs = inputs.sigmoid().flatten(1)
-    numerator = 2 * torch.einsum("nc,mc->nm", inputs, targets)
-    denominator = inputs.sum(-1)[:, None] + targets.sum(-1)[None, :]
-    return 1 - (numerator + 1) / (denominator + 1)
-
-
-def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    hw = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    return (torch.einsum("nc,mc->nm", pos, targets) + torch.einsum("nc,mc->nm", neg, 1 - targets)) / hw
 
 
 class HungarianMatcher(nn.Module):

@@ -45,6 +45,7 @@ from ..importers.zegformer import ZEGFORMER_EMBED_DIM, ZEGFORMER_RELEASED
 from ..models.maskformer import MaskFormerV1
 from ..methods import two_stage as ts
 from ..methods.zsseg import COCO_STUFF_UNSEEN
+from .losses import batch_dice_cost, batch_sigmoid_focal_cost, dice_loss, sigmoid_focal_loss
 
 IGNORE = 255
 
@@ -87,22 +88,6 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------ losses
 
-def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """MaskFormer Dice loss: logits and 0/1 targets (N, P) -> sum over masks / num_masks."""
-    p = inputs.sigmoid()
-    num = 2 * (p * targets).sum(-1)
-    den = p.sum(-1) + targets.sum(-1)
-    return (1 - (num + 1) / (den + 1)).sum() / num_masks
-
-
-def focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float, alpha: float = 0.25,
-               gamma: float = 2.0) -> torch.Tensor:
-    """Sigmoid focal loss (torchvision) averaged over pixels, summed over masks, / num_masks."""
-    from torchvision.ops import sigmoid_focal_loss
-
-    return sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction="none").mean(1).sum() / num_masks
-
-
 @torch.no_grad()
 def hungarian_match(logits: torch.Tensor, masks: torch.Tensor, targets: list[dict[str, torch.Tensor]],
                     cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0) -> list[
@@ -128,17 +113,8 @@ def hungarian_match(logits: torch.Tensor, masks: torch.Tensor, targets: list[dic
         c_class = -prob[:, tgt["labels"]]
         tm = F.interpolate(tgt["masks"][:, None], size=masks.shape[-2:], mode="nearest")[:, 0].flatten(1)
         om = masks[b].flatten(1)
-        hw = om.shape[1]
-        pos = F.binary_cross_entropy_with_logits(om, torch.ones_like(om), reduction="none")
-        neg = F.binary_cross_entropy_with_logits(om, torch.zeros_like(om), reduction="none")
-        p = om.sigmoid()
-        focal_pos = ((1 - p) ** 2) * pos * 0.25
-        focal_neg = (p ** 2) * neg * 0.75
-        c_mask = (focal_pos @ tm.t() + focal_neg @ (1 - tm).t()) / hw
-        num = 2 * p @ tm.t()
-        den = p.sum(-1)[:, None] + tm.sum(-1)[None, :]
-        c_dice = 1 - (num + 1) / (den + 1)
-        cost = (cost_mask * c_mask + cost_class * c_class + cost_dice * c_dice).cpu()
+        cost = (cost_mask * batch_sigmoid_focal_cost(om, tm) + cost_class * c_class
+                + cost_dice * batch_dice_cost(om, tm)).cpu()
         i, j = linear_sum_assignment(cost.numpy())
         out.append((torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)))
     return out
@@ -165,7 +141,7 @@ def set_criterion(layers: list[tuple[torch.Tensor, torch.Tensor]], targets: list
         tgt = torch.cat([targets[b]["masks"][j.to(device)] for b, (_, j) in enumerate(idx)])
         if len(src):
             src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            losses["loss_mask" + suffix] = cfg.mask_weight * focal_loss(src.flatten(1), tgt.flatten(1), num_masks)
+            losses["loss_mask" + suffix] = cfg.mask_weight * sigmoid_focal_loss(src.flatten(1), tgt.flatten(1), num_masks)
             losses["loss_dice" + suffix] = cfg.dice_weight * dice_loss(src.flatten(1), tgt.flatten(1), num_masks)
         else:
             zero = masks.sum() * 0.0
