@@ -51,7 +51,8 @@ def _takes_value(flag: str, nxt: str, flags: set[str]) -> bool:
     return flag[2:].replace("-", "_") not in flags or nxt.lower() in _BOOL_WORDS
 
 
-_BOOL_WORDS = ("true", "yes", "on", "false", "no", "off")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on"), ("false", "no", "off")
+_BOOL_WORDS = _TRUE_WORDS + _FALSE_WORDS
 
 
 def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[str], dict[str, Any]]:
@@ -105,9 +106,9 @@ def parse_extra(args: list[str]) -> dict[str, Any]:
 
 def _convert(v: str) -> Any:
     low = v.lower()
-    if low in ("true", "yes", "on"):
+    if low in _TRUE_WORDS:
         return True
-    if low in ("false", "no", "off"):
+    if low in _FALSE_WORDS:
         return False
     if low in ("none", "null"):
         return None

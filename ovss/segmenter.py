@@ -99,19 +99,28 @@ class Segmenter(abc.ABC):
         return protocol_datasets(cls.method)
 
 
+def check_test_size(short_side: int | None, max_long_side: int | None) -> None:
+    """Validate the test-size options every method takes (None: the protocol's).
+
+    Raises:
+        InputError: a value that is not a positive integer number of pixels.
+    """
+    from .errors import InputError
+
+    for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+            raise InputError(f"{name} must be a positive integer (pixels), got {v!r}")
+
+
 def square_side(side: int, short_side: int | None = None, max_long_side: int | None = None) -> int:
     """Side of a square network input given the test-size options every method takes: for a
     square, short and long side coincide, so it is ``short_side`` (default ``side``) capped at
     ``max_long_side``.
 
     Raises:
-        InputError: a size below 1 pixel.
+        InputError: see :func:`check_test_size`.
     """
-    from .errors import InputError
-
-    for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):
-        if v is not None and int(v) < 1:
-            raise InputError(f"{name} must be at least 1 pixel, got {v}")
+    check_test_size(short_side, max_long_side)
     out = int(short_side) if short_side is not None else int(side)
     return min(out, int(max_long_side)) if max_long_side is not None else out
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from .. import registry
 from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset, read_panoptic_png
-from ..segmenter import image_id_kwargs
+from ..segmenter import image_id_kwargs, resolve_device
 from ..errors import DatasetError, InputError, UnknownNameError
 from .metrics import SegMetrics, compute_metrics, confusion_matrix
 from .panoptic import PanopticMetrics, compute_pq, pq_stats
@@ -347,9 +347,7 @@ def _resolve_device(device: str | torch.device | None) -> str:
         d = "cuda" if torch.cuda.is_available() else "cpu"
     if d == "cuda" and torch.cuda.is_available() and "WORLD_SIZE" in os.environ:
         d = f"cuda:{local}"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {d!r} requested but CUDA is not available: use --device cpu")
-    return d
+    return str(resolve_device(d))
 
 
 def _dist_setup(device: str) -> _Dist:

@@ -27,7 +27,7 @@ from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.fc_clip import build_fcclip
 from ..models.mask2former import classification_logits
-from ..segmenter import SegmentationResult, Segmenter
+from ..segmenter import SegmentationResult, Segmenter, check_test_size
 from ..text import class_embeddings
 from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file, parse_classes
 
@@ -289,6 +289,7 @@ class FCCLIP(Segmenter):
                  max_long_side: int | None = None, alpha: float | None = None, beta: float | None = None,
                  use_cache: bool = True) -> None:
         super().__init__(device)
+        check_test_size(short_side, max_long_side)
         if checkpoint is None:
             raise InputError("FC-CLIP needs its trained checkpoint: pass checkpoint=/path/to/fcclip_cocopan.pth "
                              "(--checkpoint on the command line; see docs/fc_clip.md for the download)")

@@ -75,12 +75,6 @@ ZEGFORMER_CLIP_TEMPLATES: tuple[str, ...] = (
 
 # ---------------------------------------------------------------------------------------------- input
 
-def check_test_size(short_side: int | None, max_long_side: int | None) -> None:
-    for name, v in (("short_side", short_side), ("max_long_side", max_long_side)):
-        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
-            raise InputError(f"{name} must be a positive integer (pixels), got {v!r}")
-
-
 # ---------------------------------------------------------------------------------- ZSSeg crops
 
 def tight_boxes(masks: torch.Tensor) -> torch.Tensor:

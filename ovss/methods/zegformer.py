@@ -37,7 +37,7 @@ from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.zegformer import ZEGFORMER_EMBED_DIM, load_zegformer_checkpoint
 from ..models.maskformer import MaskFormerV1, pad_to_divisible
-from ..segmenter import SegmentationResult, Segmenter
+from ..segmenter import SegmentationResult, Segmenter, check_test_size
 from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file
 from . import two_stage as ts
 from .zsseg import COCO_STUFF_UNSEEN, vocabulary_names
@@ -140,7 +140,7 @@ class ZegFormer(Segmenter):
                  proposals: str | Callable[..., Any] = "maskformer",
                  proposal_options: dict[str, Any] | None = None, use_cache: bool = True) -> None:
         super().__init__(device)
-        ts.check_test_size(short_side, max_long_side)
+        check_test_size(short_side, max_long_side)
         self.protocol = get_protocol(dataset or "coco_stuff")
         weights = load_zegformer_checkpoint(checkpoint, config) if checkpoint is not None else None
         # an official eval config's explicit inference keys apply over the protocol; arguments win
