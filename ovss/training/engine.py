@@ -500,7 +500,7 @@ def train(task: Task, cfg: EngineConfig, info: DistInfo | None = None,
     if info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         ddp = module
     metrics = _Metrics(out, start, info.is_main)
