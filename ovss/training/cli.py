@@ -315,9 +315,9 @@ def run_subcommand(name: str, argv: Optional[list[str]]) -> int:
         i += 1
     cmd = get_command(train_app)
     try:
-        cmd.main([name, *fixed], prog_name="ovss train", standalone_mode=False)
+        code = cmd.main([name, *fixed], prog_name="ovss train", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except SystemExit as exc:
         return int(exc.code or 0)
-    return 0
+    return int(code) if isinstance(code, int) else 0
