@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.clip import LoadedCLIP
+from .fileio import cache_root
 
 
 def _openai_imagenet_templates() -> tuple[str, ...]:
@@ -59,9 +60,7 @@ TOKENS_PER_CHUNK = 4096
 
 def cache_dir() -> Path:
     """Folder of the text-embedding cache: ``$OVSS_CACHE/text`` or ``~/.cache/ovss/text``."""
-    root = os.environ.get("OVSS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ovss")
-    return Path(root) / "text"
+    return cache_root() / "text"
 
 
 # --------------------------------------------------------------------------- the causal tower
@@ -355,36 +354,69 @@ def encode_template_prompts(clip: LoadedCLIP, words: Sequence[str], templates: S
 
 
 # --------------------------------------------------------------------------- cache
+#: format tag written with every cache entry (entries of other formats are rebuilt)
+CACHE_FORMAT = "ovss-text-embeddings/2"
+
+
 def _key(clip: LoadedCLIP, words: Sequence[str], templates: Sequence[str], **extra: Any) -> str:
     payload = json.dumps({"model": clip.name, "weights": clip.fingerprint,
                           "templates": list(templates), "words": list(words), **extra})
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path, n: int) -> torch.Tensor | None:
+def _checksum(emb: torch.Tensor) -> str:
+    """SHA-256 of the raw bytes of a contiguous CPU tensor."""
+    return hashlib.sha256(emb.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def read_cache_entry(path: Path, rows: int, width: int) -> torch.Tensor | None:
+    """A cache entry's (rows, width) float32 embeddings, or None when there is none or it is unsound.
+
+    An entry is used only when all of these hold: it is a safetensors file of this cache format,
+    its tensor is float32 of shape (rows, width) (the caller's query count and the model's embedding
+    width), finite, and the SHA-256 of its bytes equals the checksum written with it. Anything else
+    (a truncated or foreign file, another dtype or width, values changed after writing) is reported
+    with a warning and None is returned, so the caller rebuilds and rewrites the entry.
+    """
     if not path.exists():
         return None
     try:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        emb = load_file(str(path))["embeddings"]
-        if emb.ndim != 2 or emb.shape[0] != n or not torch.isfinite(emb).all():
-            raise ValueError("wrong shape or non-finite values")
-        return emb
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            emb = f.get_tensor("embeddings")
+        if meta.get("format") != CACHE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+        if emb.dtype != torch.float32:
+            raise ValueError(f"dtype {emb.dtype}, expected float32")
+        if tuple(emb.shape) != (rows, width):
+            raise ValueError(f"shape {tuple(emb.shape)}, expected {(rows, width)}")
+        if meta.get("sha256") != _checksum(emb):
+            raise ValueError("content does not match its checksum")
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError("non-finite values")
+        return emb.clone()  # not a view of the file: the entry may be replaced while we run
     except Exception as exc:
         warnings.warn(f"text-embedding cache entry {path} is corrupt ({exc}); rebuilding it", stacklevel=3)
         return None
 
 
-def _write_cache(path: Path, emb: torch.Tensor) -> None:
+def write_cache_entry(path: Path, emb: torch.Tensor) -> None:
+    """Write (rows, width) float32 embeddings with their format, dtype, shape and SHA-256 checksum,
+    atomically (a temporary file, then ``os.replace``: readers see the old entry or the new one).
+    A cache folder that cannot be written is reported with a warning (the result is still used)."""
     from safetensors.torch import save_file
 
+    emb = emb.detach().to("cpu", torch.float32).contiguous()
+    meta = {"format": CACHE_FORMAT, "dtype": "float32", "rows": str(emb.shape[0]), "width": str(emb.shape[1]),
+            "sha256": _checksum(emb)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"embeddings": emb.contiguous().cpu()}, tmp)
+            save_file({"embeddings": emb}, tmp, metadata=meta)
             os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
         finally:
             if os.path.exists(tmp):
@@ -406,7 +438,8 @@ def class_embeddings(clip: LoadedCLIP, words: Sequence[str], templates: Sequence
     prompts batched, trimmed at EOT, prefix KV cache per template) and L2-normalised; the mean
     over templates is L2-normalised again (SCLIP ``clip_segmentor.py``). The result is cached
     on disk under :func:`cache_dir`, keyed by model name, text-weight fingerprint, templates
-    and words; a corrupt entry is reported with a warning and rebuilt.
+    and words; an unsound entry (unreadable, another dtype or width, content that does not match
+    the checksum written with it: :func:`read_cache_entry`) is reported with a warning and rebuilt.
 
     Args:
         clip: the loaded CLIP model.
@@ -421,7 +454,8 @@ def class_embeddings(clip: LoadedCLIP, words: Sequence[str], templates: Sequence
         feats = F.normalize(encode_template_prompts(clip, words, templates), dim=-1)   # (Q, T, D)
         return F.normalize(feats.mean(dim=1), dim=-1)
 
-    return _cached(cache_path(clip, words, templates), len(words), compute, use_cache).to(_device(clip))
+    return _cached(cache_path(clip, words, templates), len(words), _embed_dim(clip.model), compute,
+                   use_cache).to(_device(clip))
 
 
 def group_embeddings(clip: LoadedCLIP, groups: Sequence[Sequence[str]], templates: Sequence[str],
@@ -447,17 +481,17 @@ def group_embeddings(clip: LoadedCLIP, groups: Sequence[Sequence[str]], template
         return F.normalize(torch.stack(means), dim=-1)
 
     path = cache_dir() / f"{_key(clip, words, templates, groups=groups)}.safetensors"
-    return _cached(path, len(groups), compute, use_cache).to(_device(clip))
+    return _cached(path, len(groups), _embed_dim(clip.model), compute, use_cache).to(_device(clip))
 
 
-def _cached(path: Path, n: int, compute: Callable[[], torch.Tensor], use_cache: bool) -> torch.Tensor:
-    """(n, D) embeddings from the cache entry ``path`` when it is there and sound, else
-    ``compute()`` (written to ``path`` atomically)."""
+def _cached(path: Path, n: int, width: int, compute: Callable[[], torch.Tensor], use_cache: bool) -> torch.Tensor:
+    """(n, width) embeddings from the cache entry ``path`` when it is there and sound
+    (:func:`read_cache_entry`), else ``compute()`` (written to ``path`` atomically)."""
     if use_cache:
-        hit = _read_cache(path, n)
+        hit = read_cache_entry(path, n, width)
         if hit is not None:
             return hit
     emb = compute()
     if use_cache:
-        _write_cache(path, emb)
+        write_cache_entry(path, emb)
     return emb
