@@ -69,14 +69,15 @@ def propagation_matrix(aff: torch.Tensor, dilations: Sequence[int]) -> torch.Ten
     index = torch.int32 if p * h * w < 2 ** 31 else torch.int64
     ys = torch.arange(h, device=device, dtype=index)[:, None]
     xs = torch.arange(w, device=device, dtype=index)[None, :]
-    cols = torch.empty((h, w, p), dtype=index, device=device)
+    cols = torch.empty((p, h, w), dtype=index, device=device)
     for n, (dy, dx) in enumerate(neighbour_offsets(dilations)):
-        cols[:, :, n] = (ys + dy).clamp_(0, h - 1) * w + (xs + dx).clamp_(0, w - 1)
+        torch.add((ys + dy).clamp_(0, h - 1) * w, (xs + dx).clamp_(0, w - 1), out=cols[n])
     crow = torch.arange(0, p * h * w + 1, p, dtype=index, device=device)
+    cols = cols.permute(1, 2, 0).reshape(-1)
     values = aff.permute(1, 2, 0).reshape(-1)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the CPU product is stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values, (h * w, h * w))
+        return torch.sparse_csr_tensor(crow, cols, values, (h * w, h * w))
 
 
 @torch.no_grad()
