@@ -12,6 +12,12 @@ that gives panoptic segments (a method whose constructor takes ``panoptic``, bui
 ``panoptic=True``; or predictions in the COCO panoptic format) is also scored for PQ / SQ / RQ
 (:mod:`ovss.evaluation.panoptic`): the (C, 4) statistics are accumulated beside the confusion
 matrix, kept in the resume state and all-reduced the same way.
+
+On a split with instance ground truth (a COCO instances JSON: ``coco_panoptic``, ``ade20k``,
+``cityscapes`` when prepared) a source that gives instances (a method whose constructor takes
+``instance``, built with ``instance=True``; or a COCO results JSON) is also scored for mask AP
+(:mod:`ovss.evaluation.instance`): each image's detections (COCO RLE) are kept in the resume
+state, gathered to rank 0 after the loop and scored there once with pycocotools' COCOeval.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset, read_pano
 from ..segmenter import image_id_kwargs, resolve_device
 from ..errors import DatasetError, InputError, UnknownNameError
 from .metrics import SegMetrics, compute_metrics, confusion_matrix
+from .instance import InstanceMetrics, coco_from_dict, evaluate_detections, to_detections
 from .panoptic import PanopticMetrics, compute_pq, pq_stats
 
 PRED_SUFFIXES = (".png", ".tif", ".tiff")
@@ -54,11 +61,13 @@ Panoptic = tuple[np.ndarray, list[dict[str, Any]]]
 
 @dataclass
 class Prediction:
-    """What a source gives for one image: the (H, W) label map, and the panoptic segments when
-    the run scores PQ."""
+    """What a source gives for one image: the (H, W) label map, the panoptic segments when the
+    run scores PQ, and the instances when it scores AP: an object with ``masks``, ``scores``,
+    ``labels`` (:class:`ovss.models.mask_inference.Instances`), or COCO results already."""
 
     labels: np.ndarray
     panoptic: Panoptic | None = None
+    instances: Any = None
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -66,15 +75,17 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 class SegmenterSource:
-    """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb) -> result.labels``), and
-    with ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``)."""
+    """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb) -> result.labels``), with
+    ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``), with
+    ``instance`` its ``result.extras["instances"]`` (``masks``, ``scores``, ``labels``)."""
 
     needs_image = True
 
-    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False) -> None:
+    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False, instance: bool = False) -> None:
         self.segmenter = segmenter
         self.num_classes = num_classes
         self.panoptic = panoptic
+        self.instance = instance
         self._checked = False
 
     def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
@@ -86,14 +97,20 @@ class SegmenterSource:
             raise InputError(f"the segmenter scores {len(classes)} classes but the dataset has "
                              f"{self.num_classes}: build it for this dataset (create_segmenter(..., dataset=...))")
         self._checked = True
-        if not self.panoptic:
-            return Prediction(_numpy(res.labels))
-        pan = (getattr(res, "extras", None) or {}).get("panoptic")
-        if not isinstance(pan, dict) or "panoptic_seg" not in pan:
-            raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
-                             "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
-        return Prediction(_numpy(res.labels), (_numpy(pan["panoptic_seg"]).astype(np.int64),
-                                               list(pan.get("segments", []))))
+        extras = getattr(res, "extras", None) or {}
+        out = Prediction(_numpy(res.labels))
+        if self.panoptic:
+            pan = extras.get("panoptic")
+            if not isinstance(pan, dict) or "panoptic_seg" not in pan:
+                raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
+                                 "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
+            out.panoptic = (_numpy(pan["panoptic_seg"]).astype(np.int64), list(pan.get("segments", [])))
+        if self.instance:
+            if extras.get("instances") is None:
+                raise InputError("AP needs instance output but the segmenter's result has no extras['instances']: "
+                                 "build it with instance=True, or pass instance=False (--no-instance)")
+            out.instances = extras["instances"]
+        return out
 
     def describe(self) -> dict[str, Any]:
         settings = getattr(self.segmenter, "settings", None)
@@ -116,12 +133,14 @@ class PredictionDirSource:
 
     needs_image = False
 
-    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None) -> None:
+    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None,
+                 instances_json: str | Path | None = None) -> None:
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist")
         self.image_root = dataset.root / dataset.layout.image_dir
         self.panoptic = PanopticPredictions(panoptic_json, dataset) if panoptic_json is not None else None
+        self.instances = InstancePredictions(instances_json, dataset) if instances_json is not None else None
 
     def candidates(self, sample: Sample) -> list[Path]:
         try:
@@ -163,11 +182,45 @@ class PredictionDirSource:
         if arr.ndim != 2:
             raise InputError(f"prediction {path} has shape {arr.shape}: expected a single-channel label map "
                              "of class indices, not a colour image")
-        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None)
+        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None,
+                          self.instances(sample) if self.instances is not None else None)
 
     def describe(self) -> dict[str, Any]:
         return {"predictions": str(self.folder),
-                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None}
+                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None,
+                "instance_predictions": str(self.instances.json_path) if self.instances is not None else None}
+
+
+class InstancePredictions:
+    """Instance predictions as a COCO results JSON (what detectron2 writes as
+    ``coco_instances_results.json`` and ``ovss eval`` as ``<stem>_instances.json``): a list of
+    ``{"image_id", "category_id", "segmentation" (RLE), "score"}`` with the instances JSON's image
+    and category ids. Images without detections have none.
+
+    Raises:
+        InputError: unreadable JSON, not a list of detections, the dataset has no instance ground truth.
+    """
+
+    def __init__(self, json_file: str | Path, dataset: EvalDataset) -> None:
+        self.json_path = Path(json_file).expanduser()
+        if dataset.instances is None:
+            raise InputError(f"{dataset.name}: no instance ground truth under {dataset.root}, so instance predictions "
+                             "cannot be scored (see docs/datasets.md)")
+        self.gt = dataset.instances
+        try:
+            dets = json.loads(self.json_path.read_text(encoding="utf-8"))
+            self.by_image: dict[str, list[dict]] = {}
+            for d in dets:
+                if not {"image_id", "category_id", "segmentation", "score"} <= set(d):
+                    raise KeyError("image_id, category_id, segmentation, score")
+                self.by_image.setdefault(str(d["image_id"]), []).append(d)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"cannot read instance predictions {self.json_path} ({exc.__class__.__name__}: {exc}); "
+                             "expected a COCO results JSON: a list of {image_id, category_id, segmentation, score}"
+                             ) from None
+
+    def __call__(self, sample: Sample) -> list[dict]:
+        return self.by_image.get(str(self.gt.image_ids[sample.image.name]), [])
 
 
 class PanopticPredictions:
@@ -248,6 +301,8 @@ class EvalResult:
         json_path / csv_path: the reports written (rank 0 with an output folder), else None.
         pq_stats: (C, 4) float64 ``[tp, fp, fn, iou_sum]`` per class when PQ was scored, else None.
         panoptic: PQ / SQ / RQ as fractions when PQ was scored, else None.
+        instance: mask AP as fractions when AP was scored, else None.
+        detections: the COCO results of all images when AP was scored (rank 0; [] elsewhere).
     """
 
     dataset: EvalDataset
@@ -262,17 +317,25 @@ class EvalResult:
     extras: dict[str, Any] = field(default_factory=dict)
     pq_stats: np.ndarray | None = None
     panoptic: PanopticMetrics | None = None
+    instance: InstanceMetrics | None = None
+    detections: list[dict] = field(default_factory=list)
 
     def summary(self, percent: bool = True) -> dict[str, float | None]:
         """The summary metrics: mIoU, mAcc, aAcc, fwIoU (seen/unseen, hIoU), then PQ / SQ / RQ
-        (all, ``_th`` things, ``_st`` stuff) when PQ was scored; percent by default, NaN as None."""
-        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {})}
+        (all, ``_th`` things, ``_st`` stuff) when PQ was scored, then AP, AP50, AP75, APs, APm, APl
+        when AP was scored; percent by default, NaN as None."""
+        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {}),
+                **(self.instance.summary(percent) if self.instance else {})}
 
     def per_class(self, percent: bool = True) -> list[dict]:
-        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was scored."""
+        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was
+        scored, and AP (None for classes without instance ground truth) when AP was scored."""
         rows = self.metrics.per_class(self.dataset.classes, percent)
         if self.panoptic is not None:
             rows = [{**r, **p} for r, p in zip(rows, self.panoptic.per_class(self.dataset.classes, percent))]
+        if self.instance is not None:
+            ap = self.instance.per_category(percent)
+            rows = [{**r, "AP": ap.get(c)} for r, c in zip(rows, self.dataset.category_ids)]
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -397,15 +460,16 @@ def _state_path(output_dir: Path, stem: str, d: _Dist) -> Path:
 
 
 def _save_state(path: Path, matrix: np.ndarray, pq: np.ndarray, done: list[str], fingerprint: str,
-                elapsed: float) -> None:
+                elapsed: float, detections: list[dict] | None = None) -> None:
     buf = io.BytesIO()
     np.savez(buf, matrix=matrix, pq=pq, done=np.array(done, dtype=str), fingerprint=np.array(fingerprint),
-             elapsed=np.array(elapsed, dtype=np.float64))
+             elapsed=np.array(elapsed, dtype=np.float64),
+             detections=np.array(json.dumps(detections or [])))  # COCO results (RLE): JSON text, no pickle
     _atomic_bytes(path, buf.getvalue())  # a kill mid-write leaves the previous state intact
 
 
 def _load_state(path: Path, fingerprint: str, num_classes: int
-                ) -> tuple[np.ndarray, np.ndarray, list[str], float] | None:
+                ) -> tuple[np.ndarray, np.ndarray, list[str], float, list[dict]] | None:
     if not path.is_file():
         return None
     try:
@@ -413,10 +477,33 @@ def _load_state(path: Path, fingerprint: str, num_classes: int
             if (str(z["fingerprint"]) != fingerprint or z["matrix"].shape != (num_classes, num_classes)
                     or z["pq"].shape != (num_classes, 4)):
                 return None
+            dets = json.loads(str(z["detections"])) if "detections" in z.files else []
             return (z["matrix"].astype(np.int64), z["pq"].astype(np.float64), [str(x) for x in z["done"]],
-                    float(z["elapsed"]))
+                    float(z["elapsed"]), dets)
     except Exception:  # a corrupt state file means starting over, never a crash
         return None
+
+
+def _gather_detections(d: _Dist, detections: list[dict]) -> list[dict]:
+    """Every rank's detections on rank 0 (rank order; [] on the other ranks)."""
+    if not d.active:
+        return detections
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * d.world
+    dist.all_gather_object(parts, detections)
+    return [det for part in parts for det in part] if d.rank == 0 else []
+
+
+def _broadcast_object(d: _Dist, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not d.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # --- loop -------------------------------------------------------------------------------------------
@@ -460,7 +547,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
              resume: bool = True, progress: bool = True, save_predictions: str | Path | None = None,
              segmenter_options: dict[str, Any] | None = None, unseen: Sequence[int] | None = None,
              save_every: int = SAVE_EVERY, panoptic: bool | None = None,
-             panoptic_predictions: str | Path | None = None,
+             panoptic_predictions: str | Path | None = None, instance: bool | None = None,
+             instance_predictions: str | Path | None = None,
              on_image: Callable[[int, Sample], None] | None = None) -> EvalResult:
     """Score one benchmark split with the official metrics.
 
@@ -499,6 +587,11 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
             output); False scores mIoU only.
         panoptic_predictions: with ``predictions``, a COCO panoptic prediction JSON (see
             :class:`PanopticPredictions`).
+        instance: like ``panoptic``, for mask AP on splits with instance ground truth (a
+            ``method`` whose constructor takes ``instance``, a ``segmenter`` whose ``instance``
+            attribute is true, or ``instance_predictions``).
+        instance_predictions: with ``predictions``, a COCO results JSON (see
+            :class:`InstancePredictions`).
         on_image: callback after each scored image (index in the split, sample).
 
     Returns:
@@ -520,6 +613,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
         raise InputError(f"--limit must be a positive number of images, got {limit}")
     if panoptic_predictions is not None and predictions is None:
         raise InputError("--panoptic-predictions goes with --predictions (the label maps scored for mIoU)")
+    if instance_predictions is not None and predictions is None:
+        raise InputError("--instance-predictions goes with --predictions (the label maps scored for mIoU)")
     if isinstance(dataset, EvalDataset):
         ds = dataset
     else:
@@ -528,6 +623,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
         ds = open_dataset(dataset, data_root, layout=layout)
     with_pq = _panoptic_mode(ds, panoptic, method=method, segmenter=segmenter,
                              panoptic_predictions=panoptic_predictions)
+    with_ap = _instance_mode(ds, instance, method=method, segmenter=segmenter,
+                             instance_predictions=instance_predictions)
     if segmenter is not None and getattr(segmenter, "device", None) is not None and str(device) in ("None", "auto"):
         dev = str(segmenter.device)  # a built segmenter decides (and with it NCCL vs Gloo)
     elif predictions is not None and not str(device).startswith("cuda"):
@@ -541,6 +638,7 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
                          name=name, resume=resume, progress=progress, save_predictions=save_predictions,
                          segmenter_options=segmenter_options or {}, unseen=unseen, save_every=save_every,
                          with_pq=with_pq, panoptic_predictions=panoptic_predictions if with_pq else None,
+                         with_ap=with_ap, instance_predictions=instance_predictions if with_ap else None,
                          on_image=on_image)
     finally:
         if d.owns_group:
@@ -594,12 +692,47 @@ def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | Non
     return able
 
 
+def _instance_mode(ds: EvalDataset, requested: bool | None, *, method: str | None, segmenter: Any,
+                   instance_predictions: str | Path | None) -> bool:
+    """Whether this run scores mask AP (see :func:`evaluate`'s ``instance``).
+
+    Raises:
+        InputError: AP required where the split has no instance ground truth or the source no
+            instance output.
+    """
+    if requested is False:
+        return False
+    if ds.instances is None:
+        if requested or instance_predictions is not None:
+            files = ds.layout.instances
+            where = f" (expected {files.tree()})" if files is not None else ""
+            raise InputError(f"{ds.name}: no instance ground truth under {ds.root}{where}, so no AP: see "
+                             "docs/datasets.md, or use --no-instance")
+        return False
+    if instance_predictions is not None:
+        able, how = True, ""
+    elif method is not None:
+        try:
+            able = _takes_option(registry.method_class(method), "instance")
+        except UnknownNameError:
+            able = False
+        how = f"method {method!r} has no instance option"
+    elif segmenter is not None:
+        able = bool(requested) or getattr(segmenter, "instance", False) is True
+        how = ""
+    else:
+        able, how = False, "label maps carry no instances: give --instance-predictions JSON as well"
+    if requested and not able:
+        raise InputError(f"AP asked for on {ds.name} but {how}")
+    return able
+
+
 def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter: Any, method: str | None,
               model: str | None, pretrained: str | None, predictions: str | Path | None, limit: int | None,
               output_dir: str | Path | None, name: str | None, resume: bool, progress: bool,
               save_predictions: str | Path | None, segmenter_options: dict[str, Any],
               unseen: Sequence[int] | None, save_every: int, with_pq: bool,
-              panoptic_predictions: str | Path | None,
+              panoptic_predictions: str | Path | None, with_ap: bool, instance_predictions: str | Path | None,
               on_image: Callable[[int, Sample], None] | None) -> EvalResult:
     num_classes = ds.num_classes
     indices = list(range(len(ds)))[: limit or None]
@@ -610,7 +743,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
 
     source: SegmenterSource | PredictionDirSource
     if predictions is not None:
-        source = PredictionDirSource(predictions, ds, panoptic_predictions)
+        source = PredictionDirSource(predictions, ds, panoptic_predictions, instance_predictions)
         source.check([ds.samples[i] for i in indices])  # all ranks see the same error, none waits
     else:
         if segmenter is None:
@@ -621,8 +754,10 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
                 kwargs["pretrained"] = pretrained
             if with_pq:
                 kwargs["panoptic"] = True
+            if with_ap:
+                kwargs["instance"] = True
             segmenter = registry.create_segmenter(method, **kwargs)  # type: ignore[arg-type]
-        source = SegmenterSource(segmenter, num_classes, panoptic=with_pq)
+        source = SegmenterSource(segmenter, num_classes, panoptic=with_pq, instance=with_ap)
 
     config = {
         **ds.describe(),
@@ -630,13 +765,13 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         "predictions": str(predictions) if predictions is not None else None,
         "segmenter_options": _jsonable(segmenter_options), "device": dev, "limit": limit,
         "num_images_split": len(ds), "num_images_official": ds.spec.num_images,
-        "world_size": d.world, "backend": d.backend, "panoptic": with_pq,
+        "world_size": d.world, "backend": d.backend, "panoptic": with_pq, "instance": with_ap,
         **source.describe(),
     }
     fingerprint = hashlib.sha256(json.dumps(
         {k: config.get(k) for k in ("dataset", "data_root", "layout", "name", "method", "model", "pretrained",
                                     "predictions", "panoptic_predictions", "segmenter_options", "limit",
-                                    "world_size", "panoptic", "settings")},
+                                    "world_size", "panoptic", "settings", "instance", "instance_predictions")},
         sort_keys=True, default=str).encode()).hexdigest()
 
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
@@ -644,6 +779,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     pq = np.zeros((num_classes, 4), dtype=np.float64)
     done: list[str] = []
+    detections: list[dict] = []
     prev_elapsed = 0.0
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -651,7 +787,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         if resume:
             state = _load_state(state_path, fingerprint, num_classes)
             if state is not None:
-                matrix, pq, done, prev_elapsed = state
+                matrix, pq, done, prev_elapsed, detections = state
     done_set = set(done)
     todo = [i for i in shard if ds.samples[i].id not in done_set]
     save_dir = Path(save_predictions).expanduser() if save_predictions is not None else None
@@ -674,28 +810,39 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
                 if pan_gt is not None:
                     assert pred.panoptic is not None  # the sources give segments whenever with_pq
                     pq += pq_stats(*pan_gt, *pred.panoptic, num_classes)
+                image_dets = None
+                if with_ap:
+                    image_dets = (pred.instances if isinstance(pred.instances, list)
+                                  else to_detections(pred.instances, ds.image_id(i), ds.category_ids))
+                    detections.extend(image_dets)
             except InputError as exc:
                 raise InputError(f"{sample.id}: {exc}") from None
             if save_dir is not None:
                 _save_label_map(save_dir / f"{sample.id}.png", pred.labels, num_classes)
                 if pred.panoptic is not None:
                     _save_panoptic(save_dir, ds, sample, pred.panoptic)
+                if image_dets is not None:
+                    _save_instances(save_dir, sample, image_dets)
             done.append(sample.id)
             since_save += 1
             if state_path is not None and since_save >= save_every:
-                _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
+                _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start,
+                            detections)
                 since_save = 0
             if bar is not None:
                 running = f"mIoU {_running_miou(matrix):.2f}"
                 if with_pq:
                     running += f" PQ {100 * compute_pq(pq, isthing).PQ:.2f}"
+                if with_ap:
+                    running += f" dets {len(detections)}"
                 bar.set_postfix_str(running, refresh=False)
                 bar.update(1)
             if on_image is not None:
                 on_image(i, sample)
     except BaseException:
         if state_path is not None and since_save:
-            _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
+            _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start,
+                        detections)
         raise
     finally:
         if bar is not None:
@@ -710,8 +857,17 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         unseen = ds.spec.unseen_indices
     metrics = compute_metrics(total, unseen or None)
     config["loop_s"] = round(loop_s, 3)
+    instance_metrics, all_dets = None, []
+    if with_ap:
+        assert ds.instances is not None
+        all_dets = _gather_detections(d, detections)
+        if d.rank == 0:
+            image_ids = [ds.image_id(i) for i in indices]
+            instance_metrics = evaluate_detections(coco_from_dict(ds.instances.data), all_dets, image_ids)
+        instance_metrics = _broadcast_object(d, instance_metrics)
     result = EvalResult(ds, run_name, total, metrics, n_images, elapsed, config, pq_stats=pq_total,
-                        panoptic=compute_pq(pq_total, isthing) if pq_total is not None else None)
+                        panoptic=compute_pq(pq_total, isthing) if pq_total is not None else None,
+                        instance=instance_metrics, detections=all_dets)
     if out_dir is not None and d.rank == 0:
         result.json_path, result.csv_path = write_reports(result, out_dir, stem)
     if save_dir is not None and with_pq and d.rank == 0:  # past the all-reduces every rank has saved its images
@@ -750,6 +906,16 @@ def _save_panoptic(save_dir: Path, ds: EvalDataset, sample: Sample, panoptic: Pa
     _atomic_text(png.with_suffix(".json"), json.dumps(_jsonable(ann)))
 
 
+INSTANCES_DIR = "instances"  # --save-predictions DIR: DIR/instances/<id>.json (COCO results, RLE masks)
+
+
+def _save_instances(save_dir: Path, sample: Sample, detections: list[dict]) -> None:
+    """Write one image's detections as a COCO results JSON (RLE masks)."""
+    path = save_dir / INSTANCES_DIR / f"{sample.id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_text(path, json.dumps(detections))
+
+
 def _merge_panoptic_json(save_dir: Path, ds: EvalDataset, samples: Sequence[Sample]) -> None:
     """Gather the per-image annotations into ``panoptic.json`` (re-scorable with ``panoptic_predictions=``)."""
     assert ds.panoptic is not None
@@ -767,8 +933,10 @@ def _merge_panoptic_json(save_dir: Path, ds: EvalDataset, samples: Sequence[Samp
 
 def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None = None) -> tuple[Path, Path]:
     """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row: summary + per-class IoU, and
-    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix) and,
-    when PQ was scored, ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``) atomically.
+    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix),
+    when PQ was scored ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``), and when AP
+    was scored ``<stem>_instances.json`` (every detection, COCO results format: re-scorable with
+    ``--predictions ... --instance-predictions``), atomically.
 
     Returns:
         The JSON and CSV paths.
@@ -798,6 +966,8 @@ def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None =
         buf_np = io.BytesIO()
         np.save(buf_np, arr)
         _atomic_bytes(out / f"{stem}_{suffix}.npy", buf_np.getvalue())
+    if result.instance is not None:
+        _atomic_text(out / f"{stem}_instances.json", json.dumps(result.detections))
     return json_path, csv_path
 
 
@@ -857,6 +1027,13 @@ def print_report(result: EvalResult, console: Any = None) -> None:
         for label, suffix, n in (("All", "", pan.n), ("Things", "_th", pan.n_th), ("Stuff", "_st", pan.n_st)):
             pq_table.add_row(label, *[_cell(values[k + suffix]) for k in ("PQ", "SQ", "RQ")], str(n))
         console.print(pq_table)
+    if result.instance is not None:
+        ap_table = Table(show_header=True, title=f"mask AP ({result.instance.num_detections} detections)")
+        ap_values = result.instance.summary()
+        for k in ap_values:
+            ap_table.add_column(k, justify="right")
+        ap_table.add_row(*[_cell(v) for v in ap_values.values()])
+        console.print(ap_table)
     console.print(f"{result.elapsed_s:.1f} s, {result.num_images / max(result.elapsed_s, 1e-9):.2f} images/s"
                   + (f"; report: {result.json_path}" if result.json_path else ""))
 
