@@ -374,3 +374,52 @@ def test_two_process_gloo_ap_equals_one_process(tmp_path: Path) -> None:
     assert single.instance.AP > 0
     dets = json.loads((tmp_path / "out" / "coco_panoptic_fake_instances.json").read_text())
     assert len(dets) == single.instance.num_detections
+
+
+# ---- against the official FC-CLIP instance_inference (tests/fixtures/fc_clip_instance) -------------
+
+
+@pytest.fixture(scope="module")
+def fc_seg():
+    if not (FC / "fcclip_tiny.pth").is_file():
+        pytest.skip(f"tiny FC-CLIP fixture not found in {FC}")
+    import ovss
+
+    return ovss.create_segmenter("fc_clip", dataset="ade20k", model=str(FC / "convnext_fcclip_tiny.json"),
+                                 pretrained=str(FC / "tiny_convnext_clip.safetensors"),
+                                 checkpoint=str(FC / "fcclip_tiny.pth"), config=str(FC / "fcclip_tiny_config.yaml"))
+
+
+@pytest.mark.parametrize("vocab,dataset", [("ade150", "ade20k"), ("coco133", "coco_panoptic")])
+def test_fc_clip_instances_match_official(fc_seg, vocab: str, dataset: str) -> None:
+    import torch.nn.functional as F
+
+    from ovss.methods.fc_clip import dataset_vocabulary, postprocess_masks
+
+    man = json.loads((FIXTURE / "manifest.json").read_text())
+    entry = man["files"][f"fcclip_instance_{vocab}_astronaut.npz"]
+    with np.load(FIXTURE / f"fcclip_instance_{vocab}_astronaut.npz") as z:
+        ref = {k: z[k] for k in z.files}
+    with np.load(FC / "fcclip_ade150_astronaut.npz") as z:
+        image = z["image_uint8"].transpose(1, 2, 0)
+    ori = tuple(int(v) for v in ref["ori_shape"])
+    things = ref["things"].tolist()
+    run = fc_seg.run(image, ori, dataset_vocabulary(dataset), things, panoptic=False)
+    x, size = fc_seg.preprocess(image)
+    masks = F.interpolate(run["pred_masks"][None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+    masks = postprocess_masks(masks, size, ori)  # sem_seg_postprocess: what instance_inference receives
+    mask_cls = run["mask_cls_results"]
+    assert np.abs(mask_cls.numpy() - ref["mask_cls"]).max() <= 1e-4  # log-probabilities, CPU rounding only
+    out = instance_inference(mask_cls, masks, things=things, topk=entry["topk_per_image"])
+    assert len(out) == entry["num_instances"] == len(ref["scores"]) and len(out) > 20
+    assert set(out.labels.tolist()) <= set(things) and len(set(out.labels.tolist())) > 3
+    order = np.argsort(-ref["scores"], kind="stable")
+    ref_masks = np.unpackbits(ref["mask_bank_packed"], axis=-1)[..., : ori[1]].astype(bool)[ref["mask_index"]]
+    ours = np.argsort(-out.scores.numpy(), kind="stable")  # ours: by class score; compare by detection score
+    assert out.labels.numpy()[ours].tolist() == ref["labels"][order].tolist()
+    assert np.allclose(out.scores.numpy()[ours], ref["scores"][order], rtol=1e-4, atol=1e-7)
+    # binary masks: identical except where a mask logit is within float noise of 0
+    flips = int((out.masks.numpy()[ours] != ref_masks[order]).sum())
+    assert flips <= entry["diagnostics"]["mask_logits_abs_lt_1e-5"] * len(out)
+    # negative control: without the thing filter the stuff classes come back
+    assert len(instance_inference(mask_cls, masks, topk=entry["topk_per_image"])) == entry["topk_per_image"]
