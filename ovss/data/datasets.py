@@ -274,8 +274,8 @@ _MAPILLARY_PAN = PanopticFiles("validation/panoptic", "validation/panoptic/panop
 @lru_cache(maxsize=1)
 def ade847_unseen_ids() -> tuple[int, ...]:
     """The 275 unseen ("rare") classes of ZegFormer's ADE20K-Full frequency split (seen: the 572
-    "frequent" and "common" classes); source in ``ovss/data/ade847_frequency_split.json``."""
-    text = resources.files("ovss").joinpath("data/ade847_frequency_split.json").read_text(encoding="utf-8")
+    "frequent" and "common" classes); source in ``ovss/data/ade847_classes.json``."""
+    text = resources.files("ovss").joinpath("data/ade847_classes.json").read_text(encoding="utf-8")
     return tuple(int(i) for i in json.loads(text)["unseen_train_ids"])
 
 
