@@ -423,3 +423,20 @@ def test_fc_clip_instances_match_official(fc_seg, vocab: str, dataset: str) -> N
     assert flips <= entry["diagnostics"]["mask_logits_abs_lt_1e-5"] * len(out)
     # negative control: without the thing filter the stuff classes come back
     assert len(instance_inference(mask_cls, masks, topk=entry["topk_per_image"])) == entry["topk_per_image"]
+
+
+def test_instance_writers() -> None:
+    from ovss.evaluation.instance import instance_overlay, instances_json
+
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    a, b = _box_mask((20, 30), 0, 10, 0, 10), _box_mask((20, 30), 5, 15, 5, 20)
+    inst = Instances(torch.from_numpy(np.stack([a, b, a])), torch.tensor([0.6, 0.9, 0.1]), torch.tensor([1, 0, 1]),
+                     torch.tensor([3, 4, 5]))
+    rows = instances_json(inst, ["cat", "dog"])
+    assert [(r["class"], r["query"], r["area"]) for r in rows] == [("cat", 4, 150), ("dog", 3, 100), ("dog", 5, 100)]
+    assert np.array_equal(decode_mask(rows[0]["segmentation"]), b)
+    json.dumps(rows)  # JSON-able as written
+    img = np.asarray(instance_overlay(rgb, inst, ["cat", "dog"]))
+    assert img.shape[0] >= 20 and img.shape[1] > 30  # the legend panel
+    colours = {tuple(img[2, 2]), tuple(img[12, 12]), tuple(img[18, 2])}
+    assert len(colours) == 3  # dog only, cat on top where they overlap, and the bare photo

@@ -185,3 +185,53 @@ def evaluate_detections(gt: Any, detections: Iterable[Mapping[str, Any]], image_
         p = p[p > -1]
         per_cat[k] = float(np.mean(p)) if p.size else nan
     return InstanceMetrics(*stats, ap_per_category=per_cat, category_ids=cat_ids, num_detections=len(dets))
+
+
+# --- writers (``ovss segment`` with instance output) -------------------------------------------------
+
+
+def instances_json(instances: Any, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One image's instances as JSON-able dicts, highest score first: ``label`` (class index),
+    ``class`` (its name), ``score``, ``segmentation`` (COCO RLE, ``counts`` str), ``area``
+    (pixels) and ``query`` where the instances carry it.
+
+    Args:
+        instances: ``masks`` (N, H, W) bool, ``scores`` (N,), ``labels`` (N,) (attributes or keys).
+        classes: the result's class names (``labels`` index them).
+    """
+    get = (lambda k: instances.get(k)) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k, None))
+    masks, scores, labels, query = get("masks"), get("scores"), get("labels"), get("query")
+    scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    out = []
+    for i in np.argsort(-scores, kind="stable"):
+        k = int(labels[i])
+        rle = encode_mask(masks[i])
+        row = {"label": k, "class": classes[k], "score": float(scores[i]), "segmentation": rle,
+               "area": int(masks[i].sum())}
+        if query is not None:
+            row["query"] = int(query[i])
+        out.append(row)
+    return out
+
+
+def instance_overlay(rgb: np.ndarray, instances: Any, classes: Sequence[str], min_score: float = 0.5) -> Any:
+    """The photo with every instance scoring at least ``min_score`` in its own colour (higher
+    scores drawn on top), outlines and a legend ``class #n (score)``.
+
+    Args:
+        rgb: (H, W, 3) uint8 photo.
+        instances: as for :func:`instances_json`.
+        classes: class names.
+        min_score: instances below it are not drawn (detectron2's demo uses 0.5).
+
+    Returns:
+        A PIL RGB image (see :func:`ovss.visualize.overlay`).
+    """
+    from ..visualize import overlay, palette
+
+    rows = [r for r in instances_json(instances, classes) if r["score"] >= min_score]
+    index = np.zeros(rgb.shape[:2], dtype=np.int64)  # 0: no instance
+    for n, r in reversed(list(enumerate(rows, start=1))):  # lowest score first, highest painted last
+        index[decode_mask(r["segmentation"])] = n
+    names = ["none"] + [f"{r['class']} #{n} ({r['score']:.2f})" for n, r in enumerate(rows, start=1)]
+    return overlay(rgb, index, names, palette(len(names), 0), background=0)
