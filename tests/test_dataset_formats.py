@@ -224,3 +224,36 @@ def test_ade847_zegformer_layout_and_split(tmp_path: Path) -> None:
     res = evaluate(ds, predictions=pred, progress=False)
     s = res.summary()
     assert s["mIoU"] == 100 and s["mIoU_unseen"] == 100 and s["mIoU_seen"] == 100 and s["hIoU"] == 100
+
+
+def test_label_short_side_clip_diy_protocol(tmp_path: Path) -> None:
+    import cv2
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from ovss.data.datasets import get_dataset
+    from ovss.errors import InputError
+    from ovss.evaluation.metrics import confusion_matrix
+    from test_datasets import build
+
+    written = build(tmp_path / "voc", "voc21", get_dataset("voc21").layouts[0], n=3, size=(30, 47))
+    rng = np.random.default_rng(4)
+    (tmp_path / "pred").mkdir()
+    preds = {}
+    for i, _ in written:
+        preds[i] = rng.integers(0, 21, size=(30, 47)).astype(np.uint8)
+        Image.fromarray(preds[i]).save(tmp_path / "pred" / f"{i}.png")
+    ds = open_dataset("voc21", tmp_path / "voc")
+    res = evaluate(ds, predictions=tmp_path / "pred", progress=False, label_short_side=20)
+    expect = np.zeros((21, 21), dtype=np.int64)
+    for k, s in enumerate(ds.samples):
+        with Image.open(s.label) as im:  # CLIP-DIY: torchvision resize of the PIL mask, short side 20
+            gt = np.asarray(TF.resize(im, 20, interpolation=InterpolationMode.NEAREST)).astype(np.int64)
+        assert gt.shape == (20, 31)  # int(20 * 47 / 30)
+        pred = cv2.resize(preds[s.id], gt.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        expect += confusion_matrix(pred, gt, 21, 255)
+    assert np.array_equal(res.matrix, expect) and res.config["label_short_side"] == 20
+    plain = evaluate(ds, predictions=tmp_path / "pred", progress=False)
+    assert plain.matrix.sum() > res.matrix.sum()  # the original resolution scores more pixels
+    with pytest.raises(InputError, match="positive"):
+        evaluate(ds, predictions=tmp_path / "pred", progress=False, label_short_side=0)

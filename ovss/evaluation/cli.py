@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
         instance: Optional[bool] = typer.Option(None, "--instance/--no-instance", help="mask AP besides mIoU; "
                                                 "default: whenever the dataset has instance ground truth (a COCO "
                                                 "instances JSON) and the method instance output"),
+        label_short_side: Optional[int] = typer.Option(
+            None, "--label-short-side", help="CLIP-DIY's own protocol: score against labels nearest-resized to this "
+            "short side (its official scripts use 448); default: the original label resolution"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)"),
         limit: Optional[int] = typer.Option(None, "--limit", help="score only the first N images"),
         output: Optional[Path] = typer.Option(Path("results"), "-o", "--output",
@@ -116,7 +119,8 @@ def register(app: typer.Typer) -> None:
                               layout=layout, resume=resume, progress=progress, save_predictions=save_predictions,
                               segmenter_options=_parse_options(options, checkpoint=checkpoint, config=config),
                               panoptic=panoptic, panoptic_predictions=panoptic_predictions,
-                              instance=instance, instance_predictions=instance_predictions)
+                              instance=instance, instance_predictions=instance_predictions,
+                              label_short_side=label_short_side)
         except OvssError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2)

@@ -548,7 +548,7 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
              segmenter_options: dict[str, Any] | None = None, unseen: Sequence[int] | None = None,
              save_every: int = SAVE_EVERY, panoptic: bool | None = None,
              panoptic_predictions: str | Path | None = None, instance: bool | None = None,
-             instance_predictions: str | Path | None = None,
+             instance_predictions: str | Path | None = None, label_short_side: int | None = None,
              on_image: Callable[[int, Sample], None] | None = None) -> EvalResult:
     """Score one benchmark split with the official metrics.
 
@@ -592,6 +592,10 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
             attribute is true, or ``instance_predictions``).
         instance_predictions: with ``predictions``, a COCO results JSON (see
             :class:`InstancePredictions`).
+        label_short_side: CLIP-DIY's own scoring protocol (not the benchmark's): the ground truth
+            is resized to this short side with nearest neighbour before scoring (see
+            :func:`resize_to_short_side`) and each prediction nearest-resized to it; None scores
+            at the original label resolution (every other method's protocol). Not with PQ / AP.
         on_image: callback after each scored image (index in the split, sample).
 
     Returns:
@@ -615,6 +619,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
         raise InputError("--panoptic-predictions goes with --predictions (the label maps scored for mIoU)")
     if instance_predictions is not None and predictions is None:
         raise InputError("--instance-predictions goes with --predictions (the label maps scored for mIoU)")
+    if label_short_side is not None and label_short_side < 1:
+        raise InputError(f"--label-short-side must be a positive number of pixels, got {label_short_side}")
     if isinstance(dataset, EvalDataset):
         ds = dataset
     else:
@@ -625,6 +631,11 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
                              panoptic_predictions=panoptic_predictions)
     with_ap = _instance_mode(ds, instance, method=method, segmenter=segmenter,
                              instance_predictions=instance_predictions)
+    if label_short_side is not None and (with_pq or with_ap):
+        if panoptic or instance or panoptic_predictions is not None or instance_predictions is not None:
+            raise InputError("--label-short-side (CLIP-DIY's mIoU protocol) resizes the semantic labels only: "
+                             "not with PQ or AP")
+        with_pq = with_ap = False
     if segmenter is not None and getattr(segmenter, "device", None) is not None and str(device) in ("None", "auto"):
         dev = str(segmenter.device)  # a built segmenter decides (and with it NCCL vs Gloo)
     elif predictions is not None and not str(device).startswith("cuda"):
@@ -639,7 +650,7 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
                          segmenter_options=segmenter_options or {}, unseen=unseen, save_every=save_every,
                          with_pq=with_pq, panoptic_predictions=panoptic_predictions if with_pq else None,
                          with_ap=with_ap, instance_predictions=instance_predictions if with_ap else None,
-                         on_image=on_image)
+                         label_short_side=label_short_side, on_image=on_image)
     finally:
         if d.owns_group:
             import torch.distributed as dist
@@ -733,7 +744,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
               save_predictions: str | Path | None, segmenter_options: dict[str, Any],
               unseen: Sequence[int] | None, save_every: int, with_pq: bool,
               panoptic_predictions: str | Path | None, with_ap: bool, instance_predictions: str | Path | None,
-              on_image: Callable[[int, Sample], None] | None) -> EvalResult:
+              label_short_side: int | None, on_image: Callable[[int, Sample], None] | None) -> EvalResult:
     num_classes = ds.num_classes
     indices = list(range(len(ds)))[: limit or None]
     shard = indices[d.rank::d.world]
@@ -766,12 +777,14 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         "segmenter_options": _jsonable(segmenter_options), "device": dev, "limit": limit,
         "num_images_split": len(ds), "num_images_official": ds.spec.num_images,
         "world_size": d.world, "backend": d.backend, "panoptic": with_pq, "instance": with_ap,
+        "label_short_side": label_short_side,
         **source.describe(),
     }
     fingerprint = hashlib.sha256(json.dumps(
         {k: config.get(k) for k in ("dataset", "data_root", "layout", "name", "method", "model", "pretrained",
                                     "predictions", "panoptic_predictions", "segmenter_options", "limit",
-                                    "world_size", "panoptic", "settings", "instance", "instance_predictions")},
+                                    "world_size", "panoptic", "settings", "instance", "instance_predictions",
+                                    "label_short_side")},
         sort_keys=True, default=str).encode()).hexdigest()
 
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
@@ -806,6 +819,9 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
             sample = ds.samples[i]
             pred = source(sample, image)
             try:
+                if label_short_side is not None:
+                    label = resize_to_short_side(label, label_short_side)
+                    pred.labels = _nearest(np.asarray(_numpy(pred.labels)), label.shape)
                 matrix += confusion_matrix(pred.labels, label, num_classes, ds.ignore_index)
                 if pan_gt is not None:
                     assert pred.panoptic is not None  # the sources give segments whenever with_pq
@@ -876,6 +892,36 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     if state_path is not None and state_path.exists():
         state_path.unlink()
     return result
+
+
+def resize_to_short_side(label: np.ndarray, short_side: int) -> np.ndarray:
+    """A label map resized with nearest neighbour to short side ``short_side`` (CLIP-DIY's "fix
+    for the eval": torchvision ``resize(PIL mask, size=448, NEAREST)``, ``src/datasets/pascal_voc.py``
+    ``get_mask`` and ``src/datasets/coco.py`` at f88932d): the long side becomes
+    ``int(short_side * long / short)`` (truncated), PIL ``NEAREST``.
+
+    Args:
+        label: (H, W) integer labels (< 2^31).
+        short_side: target short side in pixels.
+
+    Returns:
+        (h, w) int64 labels.
+    """
+    h, w = label.shape
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(short_side * long / short)
+    new_w, new_h = (short_side, new_long) if w <= h else (new_long, short_side)
+    img = Image.fromarray(np.asarray(label).astype(np.int32))
+    return np.asarray(img.resize((new_w, new_h), Image.NEAREST)).astype(np.int64)
+
+
+def _nearest(pred: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A prediction nearest-resized to ``shape`` with OpenCV, as CLIP-DIY's ``evaluate.py`` does."""
+    if pred.shape == tuple(shape):
+        return pred
+    import cv2
+
+    return cv2.resize(pred.astype(np.int32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(np.int64)
 
 
 def _safe(name: str) -> str:
