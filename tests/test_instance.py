@@ -43,6 +43,7 @@ def test_instance_inference_by_hand() -> None:
     expect = torch.stack([0.6 * m1, 0.5 * m0, 0.3 * m0])
     assert torch.allclose(out.scores, expect, rtol=1e-6, atol=0)
     assert out.masks.dtype == torch.bool and out.masks[1].tolist() == [[True, False, True], [False, True, False]]
+    assert out.query_masks.shape == (2, 2, 3) and out.mask_index.tolist() == [1, 0, 0]  # one mask per query
     # the thing filter comes after the top-k: class 2 is not a thing, so only 2 instances remain
     things = instance_inference(probs.log(), logits, topk=3, things=[0, 1])
     assert things.labels.tolist() == [0, 1] and len(things) == 2
@@ -74,8 +75,8 @@ def test_rle_round_trip_and_detections() -> None:
     rle = encode_mask(mask)
     assert rle["size"] == [7, 9] and isinstance(rle["counts"], str)
     assert np.array_equal(decode_mask(rle), mask)
-    inst = Instances(torch.from_numpy(np.stack([mask, ~mask])), torch.tensor([0.9, 0.25]), torch.tensor([2, 0]),
-                     torch.tensor([0, 1]))
+    inst = Instances.from_masks(torch.from_numpy(np.stack([mask, ~mask])), torch.tensor([0.9, 0.25]),
+                                torch.tensor([2, 0]))
     dets = to_detections(inst, 42, [5, 7, 11])
     assert [(d["image_id"], d["category_id"], d["score"]) for d in dets] == [(42, 11, pytest.approx(0.9)),
                                                                             (42, 5, 0.25)]
@@ -165,8 +166,8 @@ class InstanceColour:
             scores += [0.3 + 0.07 * j, 0.2 + 0.03 * j]
             labels += [self.classes[j], self.classes[(j + 1) % len(PALETTE)]]
         hw = image.shape[:2]
-        return Instances(torch.from_numpy(np.array(masks).reshape(-1, *hw)), torch.tensor(scores, dtype=torch.float32),
-                         torch.tensor(labels, dtype=torch.int64), torch.arange(len(scores)))
+        return Instances.from_masks(torch.from_numpy(np.array(masks).reshape(-1, *hw)),
+                                    torch.tensor(scores, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64))
 
     def predict(self, image: np.ndarray) -> SimpleNamespace:
         self.calls += 1
@@ -430,10 +431,10 @@ def test_instance_writers() -> None:
 
     rgb = np.zeros((20, 30, 3), dtype=np.uint8)
     a, b = _box_mask((20, 30), 0, 10, 0, 10), _box_mask((20, 30), 5, 15, 5, 20)
-    inst = Instances(torch.from_numpy(np.stack([a, b, a])), torch.tensor([0.6, 0.9, 0.1]), torch.tensor([1, 0, 1]),
-                     torch.tensor([3, 4, 5]))
+    inst = Instances(torch.from_numpy(np.stack([a, b])), torch.tensor([0, 1, 0]), torch.tensor([0.6, 0.9, 0.1]),
+                     torch.tensor([1, 0, 1]), torch.tensor([3, 4, 3]))
     rows = instances_json(inst, ["cat", "dog"])
-    assert [(r["class"], r["query"], r["area"]) for r in rows] == [("cat", 4, 150), ("dog", 3, 100), ("dog", 5, 100)]
+    assert [(r["class"], r["query"], r["area"]) for r in rows] == [("cat", 4, 150), ("dog", 3, 100), ("dog", 3, 100)]
     assert np.array_equal(decode_mask(rows[0]["segmentation"]), b)
     json.dumps(rows)  # JSON-able as written
     img = np.asarray(instance_overlay(rgb, inst, ["cat", "dog"]))

@@ -79,18 +79,31 @@ def to_detections(instances: Any, image_id: Any, category_ids: Sequence[int]) ->
     Raises:
         InputError: a label outside ``category_ids``.
     """
-    get = (lambda k: instances[k]) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k))
-    masks, scores, labels = get("masks"), get("scores"), get("labels")
-    scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
-    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    rles, scores, labels = _rles(instances)
     out = []
-    for i in range(len(scores)):
+    for i, rle in enumerate(rles):
         k = int(labels[i])
         if not 0 <= k < len(category_ids):
             raise InputError(f"instance {i} has class {k}, outside the dataset's {len(category_ids)} classes")
-        out.append({"image_id": image_id, "category_id": int(category_ids[k]), "segmentation": encode_mask(masks[i]),
+        out.append({"image_id": image_id, "category_id": int(category_ids[k]), "segmentation": dict(rle),
                     "score": float(scores[i])})
     return out
+
+
+def _rles(instances: Any) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Per instance its RLE (each distinct mask encoded once), scores and labels as numpy."""
+    get = (lambda k: instances.get(k)) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k, None))
+
+    def arr(x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    scores, labels = arr(get("scores")), arr(get("labels"))
+    query_masks, index = get("query_masks"), get("mask_index")
+    if query_masks is not None and index is not None:  # Instances: masks shared by the instances of a query
+        encoded = [encode_mask(m) for m in query_masks]
+        return [encoded[int(j)] for j in arr(index)], scores, labels
+    masks = get("masks")
+    return [encode_mask(masks[i]) for i in range(len(scores))], scores, labels
 
 
 @dataclass
@@ -199,15 +212,17 @@ def instances_json(instances: Any, classes: Sequence[str]) -> list[dict[str, Any
         instances: ``masks`` (N, H, W) bool, ``scores`` (N,), ``labels`` (N,) (attributes or keys).
         classes: the result's class names (``labels`` index them).
     """
+    from pycocotools import mask as mask_util
+
     get = (lambda k: instances.get(k)) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k, None))
-    masks, scores, labels, query = get("masks"), get("scores"), get("labels"), get("query")
-    scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    rles, scores, labels = _rles(instances)
+    query = get("query")
     out = []
-    for i in np.argsort(-scores, kind="stable"):
+    for i in np.argsort(-scores.astype(np.float64), kind="stable"):
         k = int(labels[i])
-        rle = encode_mask(masks[i])
-        row = {"label": k, "class": classes[k], "score": float(scores[i]), "segmentation": rle,
-               "area": int(masks[i].sum())}
+        rle = dict(rles[i])
+        area = int(mask_util.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+        row = {"label": k, "class": classes[k], "score": float(scores[i]), "segmentation": rle, "area": area}
         if query is not None:
             row["query"] = int(query[i])
         out.append(row)

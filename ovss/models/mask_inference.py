@@ -25,19 +25,42 @@ TOPK_PER_IMAGE = 100
 
 @dataclass(frozen=True)
 class Instances:
-    """Instance predictions of one image, highest score first.
+    """Instance predictions of one image, in descending class-score order.
+
+    Several instances of one query (one per class among its top-k pairs) share its mask, so the
+    masks are stored once per query: instance ``i``'s mask is ``query_masks[mask_index[i]]``
+    (:attr:`masks` gives the (N, H, W) stack).
 
     Attributes:
-        masks: (N, H, W) bool binary masks (mask logit > 0).
+        query_masks: (U, H, W) bool binary masks (mask logit > 0) of the U distinct queries used.
+        mask_index: (N,) int64 row of ``query_masks`` of each instance.
         scores: (N,) float32 detection scores: class probability x mean mask probability.
         labels: (N,) int64 class indices (into the segmenter's classes).
-        query: (N,) int64 the query each instance comes from (a query may give several).
+        query: (N,) int64 the query each instance comes from.
     """
 
-    masks: torch.Tensor
+    query_masks: torch.Tensor
+    mask_index: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
     query: torch.Tensor
+
+    @classmethod
+    def from_masks(cls, masks: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                   query: torch.Tensor | None = None) -> "Instances":
+        """Instances from an (N, H, W) mask stack (one stored mask per instance)."""
+        n = int(scores.shape[0])
+        idx = torch.arange(n, device=scores.device)
+        return cls(masks.bool(), idx, scores, labels.long(), idx if query is None else query.long())
+
+    @property
+    def masks(self) -> torch.Tensor:
+        """(N, H, W) bool: every instance's mask (a gathered copy)."""
+        return self.query_masks[self.mask_index]
+
+    def mask(self, i: int) -> torch.Tensor:
+        """(H, W) bool mask of instance ``i`` (a view)."""
+        return self.query_masks[int(self.mask_index[i])]
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -45,12 +68,13 @@ class Instances:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Per instance: ``{"label": int, "score": float, "mask": (H, W) bool tensor, "query": int}``."""
         for i in range(len(self)):
-            yield {"label": int(self.labels[i]), "score": float(self.scores[i]), "mask": self.masks[i],
+            yield {"label": int(self.labels[i]), "score": float(self.scores[i]), "mask": self.mask(i),
                    "query": int(self.query[i])}
 
     def to(self, device: str | torch.device) -> "Instances":
         """The same instances on ``device``."""
-        return Instances(self.masks.to(device), self.scores.to(device), self.labels.to(device), self.query.to(device))
+        return Instances(*(t.to(device) for t in (self.query_masks, self.mask_index, self.scores, self.labels,
+                                                  self.query)))
 
 
 def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, things: Sequence[int] | None = None,
@@ -68,8 +92,8 @@ def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, thing
     Differences that do not change any detection: the official ``topk(..., sorted=False)``
     returns the k pairs in an unspecified order, here they are sorted by class score
     (descending; the set is the same); and ``topk`` is capped at Q x K where the official
-    call would raise. The mask score is computed once per query and gathered (the official
-    code gathers the masks first; the per-row arithmetic is the same).
+    call would raise. Masks and mask scores are computed once per query used (the official
+    code gathers an (N, H, W) float copy first; the per-row arithmetic is the same).
 
     Args:
         mask_cls: (Q, K + 1) float class log-probabilities or logits, void last (a softmax is
@@ -102,8 +126,10 @@ def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, thing
         thing[ids.to(labels.device)] = True
         keep = thing[labels]
         top_scores, labels, query = top_scores[keep], labels[keep], query[keep]
-    binary = mask_pred > 0
+    used, mask_index = torch.unique(query, return_inverse=True)
+    logits = mask_pred[used]
+    binary = logits > 0
     flat_bin = binary.flatten(1).to(mask_pred.dtype)
-    mask_scores = (mask_pred.sigmoid().flatten(1) * flat_bin).sum(1) / (flat_bin.sum(1) + 1e-6)
-    return Instances(masks=binary[query], scores=top_scores * mask_scores[query], labels=labels.long(),
-                     query=query.long())
+    mask_scores = (logits.sigmoid().flatten(1) * flat_bin).sum(1) / (flat_bin.sum(1) + 1e-6)
+    return Instances(query_masks=binary, mask_index=mask_index.long(), scores=top_scores * mask_scores[mask_index],
+                     labels=labels.long(), query=query.long())
