@@ -144,6 +144,11 @@ def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str,
     if isinstance(panoptic, dict) and "panoptic_seg" in panoptic:
         write_panoptic(out_dir / f"{stem}_panoptic.png", rgb, panoptic, res.classes)
         write_panoptic_ids(out_dir / f"{stem}_panoptic_ids.png", panoptic["panoptic_seg"])
+    if res.extras.get("instances") is not None:  # COCO RLE per instance and an overlay of those scoring >= 0.5
+        from .evaluation.instance import instance_overlay, instances_json
+
+        (out_dir / f"{stem}_instances.json").write_text(json.dumps(instances_json(res.extras["instances"], res.classes)))
+        instance_overlay(rgb, res.extras["instances"], res.classes).save(out_dir / f"{stem}_instances.png")
     overlay(rgb, labels, res.classes, colors, background=res.background).save(out_dir / f"{stem}_overlay.png")
     share = res.pixel_share()
     report = {

@@ -441,3 +441,52 @@ def test_instance_writers() -> None:
     assert img.shape[0] >= 20 and img.shape[1] > 30  # the legend panel
     colours = {tuple(img[2, 2]), tuple(img[12, 12]), tuple(img[18, 2])}
     assert len(colours) == 3  # dog only, cat on top where they overlap, and the bare photo
+
+
+def test_fc_clip_instance_output_eval_and_segment(tmp_path: Path) -> None:
+    """FC-CLIP built with instance=True: extras["instances"], AP through ovss eval equal to
+    pycocotools on its own detections, and the ``ovss segment --instance`` files."""
+    if not (FC / "fcclip_tiny.pth").is_file():
+        pytest.skip(f"tiny FC-CLIP fixture not found in {FC}")
+    import ovss
+    from typer.testing import CliRunner
+
+    from ovss.cli import app
+
+    files = {"model": str(FC / "convnext_fcclip_tiny.json"), "pretrained": str(FC / "tiny_convnext_clip.safetensors"),
+             "checkpoint": str(FC / "fcclip_tiny.pth"), "config": str(FC / "fcclip_tiny_config.yaml")}
+    seg = ovss.create_segmenter("fc_clip", dataset="coco_panoptic", instance=True, short_side=128, **files)
+    assert seg.settings()["instance"] is True
+    coco_instance_split(tmp_path / "coco", n=3, seed=4)
+    js = tmp_path / "coco/annotations/instances_val2017.json"
+    ds = open_dataset("coco_panoptic", tmp_path / "coco")
+    res = seg.predict(ds.read_image(0))
+    inst = res.extras["instances"]
+    assert isinstance(inst, Instances) and 0 < len(inst) <= 100 and int(inst.labels.max()) < 80  # things only
+    # ground truth of image 0 = its 4 best detections, so AP > 0
+    data = json.loads(js.read_text())
+    image_id = ds.image_id(0)
+    best = to_detections(inst, image_id, ds.category_ids)
+    best = sorted(best, key=lambda d: -d["score"])[:4]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != image_id] + [
+        {"id": 10_000 + k, "image_id": image_id, "category_id": d["category_id"], "segmentation": d["segmentation"],
+         "area": int(decode_mask(d["segmentation"]).sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0}
+        for k, d in enumerate(best)]
+    js.write_text(json.dumps(data))
+    ds = open_dataset("coco_panoptic", tmp_path / "coco")
+    dets = [d for k in range(len(ds)) for d in to_detections(seg.predict(ds.read_image(k)).extras["instances"],
+                                                               ds.image_id(k), ds.category_ids)]
+    expect = direct_ap(js, dets, [ds.image_id(k) for k in range(len(ds))])
+    got = evaluate(ds, segmenter=seg, progress=False, panoptic=False).instance
+    assert _same([got.AP, got.AP50, got.AP75, got.APs, got.APm, got.APl], expect) and got.AP > 0
+    # ovss segment --instance: the COCO RLE JSON and the overlay
+    photo = tmp_path / "p.png"
+    Image.fromarray(ds.read_image(0)).save(photo)
+    args = ["segment", "--model", files["model"], "--pretrained", files["pretrained"], "--checkpoint",
+            files["checkpoint"], "--config", files["config"], "--short-side", "128", "--dataset", "coco_panoptic",
+            "--instance", str(photo), "-m", "fc_clip", "-o", str(tmp_path / "out")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "out" / "p_instances.json").read_text())
+    assert len(rows) == len(inst) and rows[0]["score"] >= rows[-1]["score"] and rows[0]["class"] in ds.classes
+    assert Image.open(tmp_path / "out" / "p_instances.png").size[1] == 48

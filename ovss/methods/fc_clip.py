@@ -27,6 +27,7 @@ from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.fc_clip import build_fcclip
 from ..models.mask2former import classification_logits
+from ..models.mask_inference import instance_inference
 from ..segmenter import SegmentationResult, Segmenter, check_test_size
 from ..text import class_embeddings
 from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file, parse_classes
@@ -266,6 +267,9 @@ class FCCLIP(Segmenter):
             checkpoint; the YAML also sets thresholds, ensemble weights and the test size).
         dataset: protocol (class file, test size, semantic resize order, thing classes).
         panoptic: also run panoptic inference (``extras["panoptic"]``).
+        instance: also run instance inference (``extras["instances"]``: an
+            :class:`ovss.models.mask_inference.Instances`, the official ``instance_inference``:
+            top 100 (query, class) pairs, thing classes only, masks = logits > 0).
         short_side, max_long_side: override the protocol's test resize.
         alpha, beta: override the geometric-ensemble exponents.
         device: torch device.
@@ -285,7 +289,8 @@ class FCCLIP(Segmenter):
 
     def __init__(self, model: str = "convnext_large_d_320", pretrained: str = "laion2b_s29b_b131k_ft_soup",
                  checkpoint: str | Path | None = None, config: str | Path | None = None, dataset: str | None = "ade20k",
-                 panoptic: bool = False, device: str | torch.device = "cpu", short_side: int | None = None,
+                 panoptic: bool = False, instance: bool = False, device: str | torch.device = "cpu",
+                 short_side: int | None = None,
                  max_long_side: int | None = None, alpha: float | None = None, beta: float | None = None,
                  use_cache: bool = True) -> None:
         super().__init__(device)
@@ -304,6 +309,7 @@ class FCCLIP(Segmenter):
         self.model_name, self.pretrained, self.checkpoint = model, pretrained, str(checkpoint)
         self.config_path = str(config) if config else None
         self.panoptic = panoptic
+        self.instance = instance
         self.use_cache = use_cache
         # test size: argument > the config's INPUT.MIN/MAX_SIZE_TEST > the dataset protocol
         default_short = self.cfg.min_size_test or (self.protocol.short_side if self.protocol else 800)
@@ -375,23 +381,26 @@ class FCCLIP(Segmenter):
 
     @torch.no_grad()
     def run(self, image: np.ndarray, ori_size: tuple[int, int], vocab: Vocabulary, things: Sequence[int] = (),
-            panoptic: bool | None = None) -> dict[str, Any]:
+            panoptic: bool | None = None, instance: bool | None = None) -> dict[str, Any]:
         """Full pipeline on an already resized image, with every intermediate.
 
         Args:
             image: (h, w, 3) uint8 RGB at network size.
             ori_size: (H, W) output size.
             vocab: the classes.
-            things: thing class ids (panoptic).
+            things: thing class ids (panoptic, and the instance filter).
             panoptic: run panoptic inference (default: the segmenter's setting).
+            instance: run instance inference (default: the segmenter's setting).
 
         Returns:
             ``text_classifier`` (S + 1, D), ``features``, ``mask_features``, ``multi_scale_features``,
             ``in_vocab_logits`` (Q, K + 1), ``aux_in_vocab_logits`` list, ``pred_masks`` (Q, h/4, w/4),
             ``pooled_clip_feature`` (Q, D), ``out_vocab_logits``, ``mask_cls_results``,
-            ``sem_seg`` (K, H, W), and ``panoptic_seg`` / ``segments`` when panoptic.
+            ``sem_seg`` (K, H, W), ``panoptic_seg`` / ``segments`` when panoptic, ``instances``
+            (:class:`ovss.models.mask_inference.Instances`) when instance.
         """
         panoptic = self.panoptic if panoptic is None else panoptic
+        instance = self.instance if instance is None else instance
         text, num_syn = self.text_classifier(vocab)
         x, size = self.preprocess(image)
         out = self.net(x, text, num_syn)
@@ -408,7 +417,7 @@ class FCCLIP(Segmenter):
         # panoptic protocols (and free vocabularies: the demo runs the panoptic ADE config)
         # resize the masks to the image before the semantic sum, semantic-only protocols after it
         own_vocab = self._protocol_vocab is not None and vocab.queries == self._protocol_vocab.queries
-        before = panoptic or not own_vocab or self.protocol.panoptic_protocol
+        before = panoptic or instance or not own_vocab or self.protocol.panoptic_protocol
         res: dict[str, Any] = {
             "text_classifier": classifier, "features": out["features"], "mask_features": out["mask_features"],
             "multi_scale_features": out["multi_scale_features"], "in_vocab_logits": out["pred_logits"][0],
@@ -424,6 +433,8 @@ class FCCLIP(Segmenter):
         if panoptic:
             res["panoptic_seg"], res["segments"] = panoptic_inference(
                 mask_cls, masks, things, self.cfg.object_mask_threshold, self.cfg.overlap_threshold)
+        if instance:  # official eval configs have panoptic on: thing classes only
+            res["instances"] = instance_inference(mask_cls, masks, things=things)
         return res
 
     def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
@@ -457,13 +468,15 @@ class FCCLIP(Segmenter):
         extras: dict[str, Any] = {}
         if "panoptic_seg" in res:
             extras["panoptic"] = {"panoptic_seg": res["panoptic_seg"].cpu(), "segments": res["segments"]}
+        if "instances" in res:
+            extras["instances"] = res["instances"].to("cpu")
         return SegmentationResult(scores.cpu(), labels.cpu().long(), list(vocab.names), vocab.background,
                                   self.settings(), extras)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "model": self.model_name, "pretrained": self.pretrained,
                 "checkpoint": self.checkpoint, "config": self.config_path, "dataset": self.dataset,
-                "panoptic": self.panoptic, "short_side": self.short_side, "max_long_side": self.max_long_side,
+                "panoptic": self.panoptic, "instance": self.instance, "short_side": self.short_side, "max_long_side": self.max_long_side,
                 "size_divisibility": self.cfg.size_divisibility, "alpha": self.alpha, "beta": self.beta,
                 "object_mask_threshold": self.cfg.object_mask_threshold,
                 "overlap_threshold": self.cfg.overlap_threshold, "templates": "vild14"}
