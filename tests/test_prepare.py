@@ -243,3 +243,43 @@ def test_cli_and_errors(tmp_path: Path) -> None:
         prepare("cityscapes", [tmp_path / "cs" / "leftImg8bit"], tmp_path / "y", progress=False)
     with pytest.raises(UnknownNameError):
         prepare("voc", [tmp_path], tmp_path / "z", progress=False)
+
+
+# ---- ADE20K-150 panoptic and instances -------------------------------------------------------------
+
+
+def test_ade20k_panoptic_and_instances(tmp_path: Path) -> None:
+    sem = np.ones((6, 8), dtype=np.uint8)          # 1 = wall (class 0, stuff)
+    sem[0, :] = 0                                    # "other": void
+    sem[3:6, 0:4] = 8                                # 8 = bed (class 7, a thing): not a stuff segment
+    sem[4, 6] = 3                                    # sky (class 2)
+    ins = np.zeros((6, 8, 3), dtype=np.uint8)
+    ins[3:6, 0:2] = (1, 1, 0)                        # instance 1, category 1 (bed)
+    ins[3:6, 2:4] = (1, 2, 0)                        # instance 2, bed
+    ins[1, 6:8] = (1, 3, 0)                          # instance 3, bed, painted over wall pixels
+    src = _zip(tmp_path / "ADEChallengeData2016.zip", {
+        "ADEChallengeData2016/images/validation/ADE_val_00000001.jpg": _jpg(6, 8),
+        "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png": _png(sem)})
+    inst_dir = _tree(tmp_path / "inst", {"annotations_instance/validation/ADE_val_00000001.png": _png(ins)})
+    out = tmp_path / "ADEChallengeData2016"
+    counts = prepare("ade20k", [src, inst_dir], out, progress=False)
+    assert counts["images"] == 1 and counts["instances"] == 3
+    ds = open_dataset("ade20k", out)
+    assert ds.layout.name == "mmseg" and ds.panoptic is not None and ds.instances is not None
+    assert sum(ds.panoptic.isthing) == 100
+    ids, segs = ds.read_panoptic(0)
+    by_cat = {}
+    for s in segs:
+        by_cat.setdefault(s["category_id"], []).append(s)
+    assert sorted(by_cat) == [0, 2, 7] and len(by_cat[7]) == 3
+    wall = by_cat[0][0]
+    assert wall["area"] == int((sem == 1).sum())  # measured before instance 3 was painted over it
+    assert int((ids == wall["id"]).sum()) == wall["area"] - 2
+    assert (ids[0] == 0).all() and ds.read_label(0)[0, 0] == 255
+    coco = json.loads((out / "ade20k_instance_val.json").read_text())
+    assert len(coco["categories"]) == 100 and {a["category_id"] for a in coco["annotations"]} == {7}
+    assert coco["images"][0] == {"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg", "width": 8,
+                                 "height": 6}
+    assert ds.image_id(0) == "ADE_val_00000001"
+    with pytest.raises(DatasetError, match="annotations_instance"):
+        prepare("ade20k", [src], tmp_path / "o", progress=False)

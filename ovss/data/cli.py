@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("prepare", epilog=EPILOG)
     def prepare_command(
-        dataset: str = typer.Argument(..., help="coco_stuff, coco_object, cityscapes, context59, context459, ade847, "
-                                      "mapillary_vistas"),
+        dataset: str = typer.Argument(..., help="coco_stuff, coco_object, cityscapes, context59, context459, ade20k, "
+                                      "ade847, mapillary_vistas"),
         source: list[Path] = typer.Option([], "--source", help="a folder or zip file of the official release "
                                           "(repeatable)"),
         out: Path = typer.Option(..., "--out", help="the data root to write (then ovss eval --data-root OUT)"),

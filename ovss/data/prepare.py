@@ -512,6 +512,129 @@ def prepare_ade847(sources: Sequence[Source], out: Path, *, progress: bool = Tru
     return {"images": len(imgs), "written": prog.written, "skipped": prog.skipped}
 
 
+# --- ADE20K-150 panoptic and instances -------------------------------------------------------------
+
+
+def ade20k_instance_categories() -> list[dict[str, Any]]:
+    """The 100 instance categories of the ADE20K instance annotations: ``instance_id`` (the R
+    value of ``annotations_instance`` PNGs), ``semantic_id`` (the ADE-150 class index) and
+    ``name`` (``ovss/data/ade20k_instance.json``, from Mask2Former/FC-CLIP's
+    ``ade20k_instance_catid_mapping.txt`` and ``ade20k_instance_imgCatIds.json``)."""
+    text = resources.files("ovss").joinpath("data/ade20k_instance.json").read_text(encoding="utf-8")
+    return json.loads(text)["categories"]
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    xs, ys = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def ade20k_panoptic(semantic: np.ndarray, instance: np.ndarray, sem_of_instance: dict[int, int],
+                    things: set[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One image's panoptic ground truth as Mask2Former/FC-CLIP ``prepare_ade20k_pan_seg.py`` makes it.
+
+    Stuff segments first, from the semantic PNG (``value - 1``; 0 -> 255 skipped; thing classes
+    skipped), then every instance (G channel, 0 = none) of the instance PNG, class
+    ``sem_of_instance[R - 1]``, painted over them. As in the script, a stuff segment's ``area`` and
+    ``bbox`` are measured before the things are painted (so they can exceed its final pixels).
+    Segment ids here are ``class + 1`` for stuff and ``1000 * (class + 1) + n`` for the n-th thing
+    (the script draws random colours with panopticapi's ``IdGenerator``; PQ does not depend on ids).
+
+    Returns:
+        (H, W) int64 segment ids and ``segments_info`` (``id``, ``category_id`` = ADE-150 index,
+        ``area``, ``bbox``, ``iscrowd`` 0).
+    """
+    ids = np.zeros(semantic.shape, dtype=np.int64)
+    segs: list[dict[str, Any]] = []
+    sem = semantic.astype(np.int64) - 1
+    for cat in np.unique(sem):
+        cat = int(cat)
+        if cat < 0 or cat in things:
+            continue
+        mask = sem == cat
+        ids[mask] = cat + 1
+        segs.append({"id": cat + 1, "category_id": cat, "area": int(mask.sum()), "bbox": _bbox(mask), "iscrowd": 0})
+    ins_cat, ins_id = instance[..., 0].astype(np.int64) - 1, instance[..., 1]
+    for n, tid in enumerate(t for t in np.unique(ins_id) if t != 0):
+        mask = ins_id == tid
+        cats = np.unique(ins_cat[mask])
+        if len(cats) != 1:
+            raise DatasetError(f"instance {int(tid)} has {len(cats)} categories")
+        cat = sem_of_instance[int(cats[0])]
+        sid = 1000 * (cat + 1) + n + 1
+        ids[mask] = sid
+        segs.append({"id": sid, "category_id": cat, "area": int(mask.sum()), "bbox": _bbox(mask), "iscrowd": 0})
+    return ids, segs
+
+
+def prepare_ade20k(sources: Sequence[Source], out: Path, *, progress: bool = True) -> dict[str, int]:
+    """ADE20K-150 val with panoptic and instance ground truth (``ADEChallengeData2016``).
+
+    Sources: ``ADEChallengeData2016.zip`` (``images/validation/*.jpg``, ``annotations/validation/*.png``)
+    and the instance annotations (``annotations_instance/validation/*.png``: R = instance category
+    1..100, G = instance id). Writes the mmseg layout (images and annotations copied),
+    ``ade20k_panoptic_val/<id>.png`` + ``ade20k_panoptic_val.json`` (:func:`ade20k_panoptic`; 150
+    categories, ids 0..149, ``isthing`` for the 100 instance classes) and ``ade20k_instance_val.json``
+    (``prepare_ade20k_ins_seg.py``: one RLE annotation per instance, ``category_id`` = ADE-150 index,
+    image id = the file stem).
+    """
+    from pycocotools import mask as mask_util
+
+    from .datasets import get_dataset, id2rgb
+
+    cats = ade20k_instance_categories()
+    sem_of_instance = {c["instance_id"] - 1: c["semantic_id"] for c in cats}
+    raw_to_sem = {c["instance_id"]: c["semantic_id"] for c in cats}
+    things = set(sem_of_instance.values())
+    images = _need(find(sources, r"images/validation/(ADE_val_\d+)\.jpg"), "images/validation/ADE_val_*.jpg", sources)
+    semantic = {f.groups[0]: f for f in find(sources, r"annotations/validation/(ADE_val_\d+)\.png")}
+    instance = {f.groups[0]: f for f in find(sources, r"annotations_instance/validation/(ADE_val_\d+)\.png")}
+    if not instance:
+        raise DatasetError("no annotations_instance/validation/ADE_val_*.png (the ADE20K instance annotations) in "
+                           f"{', '.join(map(str, sources))}")
+    pan_json, ins_images, ins_anns = [], [], []
+    prog = Progress(len(images), "ade20k", progress)
+    try:
+        for f in images:
+            stem = f.groups[0]
+            if stem not in semantic or stem not in instance:
+                raise DatasetError(f"no {'annotations' if stem not in semantic else 'annotations_instance'}"
+                                   f"/validation/{stem}.png for {f.name}")
+            sem, ins = semantic[stem].image(), instance[stem].image()
+            ids, segs = ade20k_panoptic(sem, ins, sem_of_instance, things)
+            targets = [out / "images/validation" / f"{stem}.jpg", out / "annotations/validation" / f"{stem}.png",
+                       out / "ade20k_panoptic_val" / f"{stem}.png"]
+            todo = not all(p.is_file() for p in targets)
+            if todo:
+                _copy(f, targets[0])
+                _copy(semantic[stem], targets[1])
+                if not targets[2].is_file():
+                    save_image(targets[2], id2rgb(ids))
+            prog.step(todo)
+            pan_json.append({"image_id": stem, "file_name": f"{stem}.png", "segments_info": segs})
+            h, w = sem.shape[:2]
+            ins_images.append({"id": stem, "file_name": f"{stem}.jpg", "width": int(w), "height": int(h)})
+            for tid in (t for t in np.unique(ins[..., 1]) if t != 0):
+                mask = ins[..., 1] == tid
+                rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+                ins_anns.append({"id": len(ins_anns) + 1, "image_id": stem, "iscrowd": 0,
+                                 "category_id": raw_to_sem[int(np.unique(ins[..., 0][mask])[0])],
+                                 "bbox": _bbox(mask), "segmentation": {"size": [int(h), int(w)],
+                                                                       "counts": rle["counts"].decode("ascii")},
+                                 "area": int(mask.sum())})
+    finally:
+        prog.close()
+    names = get_dataset("ade20k").classes
+    save_json(out / "ade20k_instance_val.json",
+              {"images": ins_images, "annotations": ins_anns,
+               "categories": [{"id": c["semantic_id"], "name": c["name"]} for c in cats]})
+    save_json(out / "ade20k_panoptic_val.json",
+              {"images": [{"id": i["id"], "file_name": i["file_name"], "width": i["width"], "height": i["height"]}
+                          for i in ins_images], "annotations": pan_json,
+               "categories": [{"id": k, "name": n, "isthing": int(k in things)} for k, n in enumerate(names)]})
+    return {"images": len(images), "written": prog.written, "skipped": prog.skipped, "instances": len(ins_anns)}
+
+
 # --- Mapillary Vistas -----------------------------------------------------------------------------
 
 
@@ -559,6 +682,8 @@ CONVERTERS: dict[str, tuple[Callable[..., dict[str, int]], dict[str, Any], str]]
     "context59": (prepare_context, {"classes": 59}, "VOC2010 JPEGImages + trainval_merged.json -> VOCdevkit/VOC2010"),
     "context459": (prepare_context, {"classes": 459},
                    "VOC2010 JPEGImages + trainval.tar.gz (.mat) + trainval_merged.json -> VOCdevkit/VOC2010"),
+    "ade20k": (prepare_ade20k, {}, "ADEChallengeData2016.zip + annotations_instance -> ADEChallengeData2016 "
+               "(with panoptic and instance ground truth)"),
     "ade847": (prepare_ade847, {}, "ADE20K_2021_17_01 release -> ADE20K_2021_17_01"),
     "mapillary_vistas": (prepare_mapillary, {}, "Mapillary Vistas v1.2 (or v2.0) -> mapillary_vistas"),
 }
@@ -569,7 +694,7 @@ def prepare(dataset: str, sources: Sequence[str | Path], out: str | Path, *, pro
 
     Args:
         dataset: ``coco_stuff``, ``coco_object``, ``cityscapes``, ``context59``, ``context459``,
-            ``ade847``, ``mapillary_vistas``.
+            ``ade20k``, ``ade847``, ``mapillary_vistas``.
         sources: folders and/or zip files holding the release's files.
         out: the data root to write (then ``ovss eval --dataset <dataset> --data-root <out>``).
         progress: show a progress bar.
@@ -594,4 +719,4 @@ def prepare(dataset: str, sources: Sequence[str | Path], out: str | Path, *, pro
 
 
 __all__ = ["CONVERTERS", "Source", "prepare", "coco_stuff_lut", "cityscapes_segments", "context59_lut",
-           "ade847_object_lut"]
+           "ade847_object_lut", "ade20k_panoptic", "ade20k_instance_categories"]
