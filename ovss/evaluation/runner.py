@@ -16,8 +16,10 @@ matrix, kept in the resume state and all-reduced the same way.
 On a split with instance ground truth (a COCO instances JSON: ``coco_panoptic``, ``ade20k``,
 ``cityscapes`` when prepared) a source that gives instances (a method whose constructor takes
 ``instance``, built with ``instance=True``; or a COCO results JSON) is also scored for mask AP
-(:mod:`ovss.evaluation.instance`): each image's detections (COCO RLE) are kept in the resume
-state, gathered to rank 0 after the loop and scored there once with pycocotools' COCOeval.
+(:mod:`ovss.evaluation.instance`): each image's detections (COCO RLE) are appended to a JSON-lines
+file beside the resume state (one line per image, so saving the state stays cheap however many
+detections there are), gathered to rank 0 after the loop and scored there once with pycocotools'
+COCOeval.
 """
 
 from __future__ import annotations
@@ -460,16 +462,15 @@ def _state_path(output_dir: Path, stem: str, d: _Dist) -> Path:
 
 
 def _save_state(path: Path, matrix: np.ndarray, pq: np.ndarray, done: list[str], fingerprint: str,
-                elapsed: float, detections: list[dict] | None = None) -> None:
+                elapsed: float) -> None:
     buf = io.BytesIO()
     np.savez(buf, matrix=matrix, pq=pq, done=np.array(done, dtype=str), fingerprint=np.array(fingerprint),
-             elapsed=np.array(elapsed, dtype=np.float64),
-             detections=np.array(json.dumps(detections or [])))  # COCO results (RLE): JSON text, no pickle
+             elapsed=np.array(elapsed, dtype=np.float64))
     _atomic_bytes(path, buf.getvalue())  # a kill mid-write leaves the previous state intact
 
 
 def _load_state(path: Path, fingerprint: str, num_classes: int
-                ) -> tuple[np.ndarray, np.ndarray, list[str], float, list[dict]] | None:
+                ) -> tuple[np.ndarray, np.ndarray, list[str], float] | None:
     if not path.is_file():
         return None
     try:
@@ -477,11 +478,46 @@ def _load_state(path: Path, fingerprint: str, num_classes: int
             if (str(z["fingerprint"]) != fingerprint or z["matrix"].shape != (num_classes, num_classes)
                     or z["pq"].shape != (num_classes, 4)):
                 return None
-            dets = json.loads(str(z["detections"])) if "detections" in z.files else []
             return (z["matrix"].astype(np.int64), z["pq"].astype(np.float64), [str(x) for x in z["done"]],
-                    float(z["elapsed"]), dets)
+                    float(z["elapsed"]))
     except Exception:  # a corrupt state file means starting over, never a crash
         return None
+
+
+def _detections_path(state_path: Path) -> Path:
+    return state_path.with_name(state_path.name.replace(".npz", ".detections.jsonl"))
+
+
+def _load_detections(path: Path, done: Sequence[str]) -> dict[str, list[dict]]:
+    """The saved detections of the images in ``done`` (the state's list: lines of images scored
+    after the last state write, or a line cut by a kill, are dropped), and the file rewritten to
+    just those lines (atomically), so appending continues from a clean file.
+
+    Raises:
+        InputError: an image of ``done`` has no line (the file was removed or edited).
+    """
+    keep = set(done)
+    found: dict[str, list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the tail of an interrupted append
+            if row.get("id") in keep:
+                found[row["id"]] = row["detections"]
+    missing = [i for i in done if i not in found]
+    if missing:
+        raise InputError(f"the resume state lists {len(missing)} images whose detections are not in {path} (first: "
+                         f"{missing[0]}): rerun with --no-resume")
+    _atomic_text(path, "".join(json.dumps({"id": i, "detections": found[i]}) + "\n" for i in done))
+    return found
+
+
+def _append_detections(path: Path | None, sample_id: str, detections: list[dict]) -> None:
+    if path is not None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"id": sample_id, "detections": detections}) + "\n")
 
 
 def _gather_detections(d: _Dist, detections: list[dict]) -> list[dict]:
@@ -792,15 +828,18 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     pq = np.zeros((num_classes, 4), dtype=np.float64)
     done: list[str] = []
-    detections: list[dict] = []
+    detections: dict[str, list[dict]] = {}  # sample id -> its COCO results (with_ap)
     prev_elapsed = 0.0
+    dets_path = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         state_path = _state_path(out_dir, stem, d)
-        if resume:
-            state = _load_state(state_path, fingerprint, num_classes)
-            if state is not None:
-                matrix, pq, done, prev_elapsed, detections = state
+        state = _load_state(state_path, fingerprint, num_classes) if resume else None
+        if state is not None:
+            matrix, pq, done, prev_elapsed = state
+        if with_ap:
+            dets_path = _detections_path(state_path)
+            detections = _load_detections(dets_path, done)
     done_set = set(done)
     todo = [i for i in shard if ds.samples[i].id not in done_set]
     save_dir = Path(save_predictions).expanduser() if save_predictions is not None else None
@@ -830,7 +869,8 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
                 if with_ap:
                     image_dets = (pred.instances if isinstance(pred.instances, list)
                                   else to_detections(pred.instances, ds.image_id(i), ds.category_ids))
-                    detections.extend(image_dets)
+                    detections[sample.id] = image_dets
+                    _append_detections(dets_path, sample.id, image_dets)
             except InputError as exc:
                 raise InputError(f"{sample.id}: {exc}") from None
             if save_dir is not None:
@@ -842,23 +882,21 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
             done.append(sample.id)
             since_save += 1
             if state_path is not None and since_save >= save_every:
-                _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start,
-                            detections)
+                _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
                 since_save = 0
             if bar is not None:
                 running = f"mIoU {_running_miou(matrix):.2f}"
                 if with_pq:
                     running += f" PQ {100 * compute_pq(pq, isthing).PQ:.2f}"
                 if with_ap:
-                    running += f" dets {len(detections)}"
+                    running += f" dets {sum(len(v) for v in detections.values())}"
                 bar.set_postfix_str(running, refresh=False)
                 bar.update(1)
             if on_image is not None:
                 on_image(i, sample)
     except BaseException:
         if state_path is not None and since_save:
-            _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start,
-                        detections)
+            _save_state(state_path, matrix, pq, done, fingerprint, prev_elapsed + time.perf_counter() - t_start)
         raise
     finally:
         if bar is not None:
@@ -876,7 +914,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     instance_metrics, all_dets = None, []
     if with_ap:
         assert ds.instances is not None
-        all_dets = _gather_detections(d, detections)
+        all_dets = _gather_detections(d, [det for i in shard for det in detections.get(ds.samples[i].id, [])])
         if d.rank == 0:
             image_ids = [ds.image_id(i) for i in indices]
             instance_metrics = evaluate_detections(coco_from_dict(ds.instances.data), all_dets, image_ids)
@@ -889,8 +927,9 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     if save_dir is not None and with_pq and d.rank == 0:  # past the all-reduces every rank has saved its images
         _merge_panoptic_json(save_dir, ds, [ds.samples[i] for i in indices])
     _barrier(d, dev)
-    if state_path is not None and state_path.exists():
-        state_path.unlink()
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
+        _detections_path(state_path).unlink(missing_ok=True)
     return result
 
 
