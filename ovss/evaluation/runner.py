@@ -526,9 +526,9 @@ def _gather_detections(d: _Dist, detections: list[dict]) -> list[dict]:
         return detections
     import torch.distributed as dist
 
-    parts: list[Any] = [None] * d.world
-    dist.all_gather_object(parts, detections)
-    return [det for part in parts for det in part] if d.rank == 0 else []
+    parts: list[Any] | None = [None] * d.world if d.rank == 0 else None
+    dist.gather_object(detections, parts, dst=0)
+    return [det for part in parts for det in part] if parts is not None else []
 
 
 def _broadcast_object(d: _Dist, obj: Any) -> Any:
