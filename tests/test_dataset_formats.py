@@ -246,7 +246,7 @@ def test_label_short_side_clip_diy_protocol(tmp_path: Path) -> None:
     ds = open_dataset("voc21", tmp_path / "voc")
     res = evaluate(ds, predictions=tmp_path / "pred", progress=False, label_short_side=20)
     expect = np.zeros((21, 21), dtype=np.int64)
-    for k, s in enumerate(ds.samples):
+    for s in ds.samples:
         with Image.open(s.label) as im:  # CLIP-DIY: torchvision resize of the PIL mask, short side 20
             gt = np.asarray(TF.resize(im, 20, interpolation=InterpolationMode.NEAREST)).astype(np.int64)
         assert gt.shape == (20, 31)  # int(20 * 47 / 30)
