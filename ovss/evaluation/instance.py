@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..data.datasets import EvalDataset, Sample
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval stats[0:6], detectron2's names
 
@@ -198,6 +204,81 @@ def evaluate_detections(gt: Any, detections: Iterable[Mapping[str, Any]], image_
         p = p[p > -1]
         per_cat[k] = float(np.mean(p)) if p.size else nan
     return InstanceMetrics(*stats, ap_per_category=per_cat, category_ids=cat_ids, num_detections=len(dets))
+
+
+# --- predictions and the resume file -------------------------------------------------------------
+
+
+class InstancePredictions:
+    """Instance predictions as a COCO results JSON (what detectron2 writes as
+    ``coco_instances_results.json`` and ``ovss eval`` as ``<stem>_instances.json``): a list of
+    ``{"image_id", "category_id", "segmentation" (RLE), "score"}`` with the instances JSON's image
+    and category ids. Images without detections have none.
+
+    Raises:
+        InputError: unreadable JSON, not a list of detections, the dataset has no instance ground truth.
+    """
+
+    def __init__(self, json_file: str | Path, dataset: EvalDataset) -> None:
+        self.json_path = Path(json_file).expanduser()
+        if dataset.instances is None:
+            raise InputError(f"{dataset.name}: no instance ground truth under {dataset.root}, so instance predictions "
+                             "cannot be scored (see docs/datasets.md)")
+        self.gt = dataset.instances
+        try:
+            dets = json.loads(self.json_path.read_text(encoding="utf-8"))
+            self.by_image: dict[str, list[dict]] = {}
+            for d in dets:
+                if not {"image_id", "category_id", "segmentation", "score"} <= set(d):
+                    raise KeyError("image_id, category_id, segmentation, score")
+                self.by_image.setdefault(str(d["image_id"]), []).append(d)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"cannot read instance predictions {self.json_path} ({exc.__class__.__name__}: {exc}); "
+                             "expected a COCO results JSON: a list of {image_id, category_id, segmentation, score}"
+                             ) from None
+
+    def __call__(self, sample: Sample) -> list[dict]:
+        return self.by_image.get(str(self.gt.image_ids[sample.image.name]), [])
+
+
+def detections_path(state_path: Path) -> Path:
+    """The detections file beside a resume state (``.partial...npz`` -> ``.partial...detections.jsonl``)."""
+    return state_path.with_name(state_path.name.replace(".npz", ".detections.jsonl"))
+
+
+def load_detections(path: Path, done: Sequence[str]) -> dict[str, list[dict]]:
+    """The saved detections of the images in ``done`` (the state's list: lines of images scored
+    after the last state write, or a line cut by a kill, are dropped), and the file rewritten to
+    just those lines (atomically), so appending continues from a clean file.
+
+    Raises:
+        InputError: an image of ``done`` has no line (the file was removed or edited).
+    """
+    keep = set(done)
+    found: dict[str, list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the tail of an interrupted append
+            if row.get("id") in keep:
+                found[row["id"]] = row["detections"]
+    missing = [i for i in done if i not in found]
+    if missing:
+        raise InputError(f"the resume state lists {len(missing)} images whose detections are not in {path} (first: "
+                         f"{missing[0]}): rerun with --no-resume")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps({"id": i, "detections": found[i]}) + "\n" for i in done), encoding="utf-8")
+    os.replace(tmp, path)
+    return found
+
+
+def append_detections(path: Path | None, sample_id: str, detections: list[dict]) -> None:
+    """Append one image's detections as a JSON line (nothing when ``path`` is None)."""
+    if path is not None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"id": sample_id, "detections": detections}) + "\n")
 
 
 # --- writers (``ovss segment`` with instance output) -------------------------------------------------

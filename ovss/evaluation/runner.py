@@ -47,7 +47,8 @@ from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset, read_pano
 from ..segmenter import image_id_kwargs, resolve_device
 from ..errors import DatasetError, InputError, UnknownNameError
 from .metrics import SegMetrics, compute_metrics, confusion_matrix
-from .instance import InstanceMetrics, coco_from_dict, evaluate_detections, to_detections
+from .instance import (InstanceMetrics, InstancePredictions, append_detections, coco_from_dict, detections_path,
+                       evaluate_detections, load_detections, to_detections)
 from .panoptic import PanopticMetrics, compute_pq, pq_stats
 
 PRED_SUFFIXES = (".png", ".tif", ".tiff")
@@ -191,38 +192,6 @@ class PredictionDirSource:
         return {"predictions": str(self.folder),
                 "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None,
                 "instance_predictions": str(self.instances.json_path) if self.instances is not None else None}
-
-
-class InstancePredictions:
-    """Instance predictions as a COCO results JSON (what detectron2 writes as
-    ``coco_instances_results.json`` and ``ovss eval`` as ``<stem>_instances.json``): a list of
-    ``{"image_id", "category_id", "segmentation" (RLE), "score"}`` with the instances JSON's image
-    and category ids. Images without detections have none.
-
-    Raises:
-        InputError: unreadable JSON, not a list of detections, the dataset has no instance ground truth.
-    """
-
-    def __init__(self, json_file: str | Path, dataset: EvalDataset) -> None:
-        self.json_path = Path(json_file).expanduser()
-        if dataset.instances is None:
-            raise InputError(f"{dataset.name}: no instance ground truth under {dataset.root}, so instance predictions "
-                             "cannot be scored (see docs/datasets.md)")
-        self.gt = dataset.instances
-        try:
-            dets = json.loads(self.json_path.read_text(encoding="utf-8"))
-            self.by_image: dict[str, list[dict]] = {}
-            for d in dets:
-                if not {"image_id", "category_id", "segmentation", "score"} <= set(d):
-                    raise KeyError("image_id, category_id, segmentation, score")
-                self.by_image.setdefault(str(d["image_id"]), []).append(d)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"cannot read instance predictions {self.json_path} ({exc.__class__.__name__}: {exc}); "
-                             "expected a COCO results JSON: a list of {image_id, category_id, segmentation, score}"
-                             ) from None
-
-    def __call__(self, sample: Sample) -> list[dict]:
-        return self.by_image.get(str(self.gt.image_ids[sample.image.name]), [])
 
 
 class PanopticPredictions:
@@ -482,42 +451,6 @@ def _load_state(path: Path, fingerprint: str, num_classes: int
                     float(z["elapsed"]))
     except Exception:  # a corrupt state file means starting over, never a crash
         return None
-
-
-def _detections_path(state_path: Path) -> Path:
-    return state_path.with_name(state_path.name.replace(".npz", ".detections.jsonl"))
-
-
-def _load_detections(path: Path, done: Sequence[str]) -> dict[str, list[dict]]:
-    """The saved detections of the images in ``done`` (the state's list: lines of images scored
-    after the last state write, or a line cut by a kill, are dropped), and the file rewritten to
-    just those lines (atomically), so appending continues from a clean file.
-
-    Raises:
-        InputError: an image of ``done`` has no line (the file was removed or edited).
-    """
-    keep = set(done)
-    found: dict[str, list[dict]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # the tail of an interrupted append
-            if row.get("id") in keep:
-                found[row["id"]] = row["detections"]
-    missing = [i for i in done if i not in found]
-    if missing:
-        raise InputError(f"the resume state lists {len(missing)} images whose detections are not in {path} (first: "
-                         f"{missing[0]}): rerun with --no-resume")
-    _atomic_text(path, "".join(json.dumps({"id": i, "detections": found[i]}) + "\n" for i in done))
-    return found
-
-
-def _append_detections(path: Path | None, sample_id: str, detections: list[dict]) -> None:
-    if path is not None:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"id": sample_id, "detections": detections}) + "\n")
 
 
 def _gather_detections(d: _Dist, detections: list[dict]) -> list[dict]:
@@ -838,8 +771,8 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         if state is not None:
             matrix, pq, done, prev_elapsed = state
         if with_ap:
-            dets_path = _detections_path(state_path)
-            detections = _load_detections(dets_path, done)
+            dets_path = detections_path(state_path)
+            detections = load_detections(dets_path, done)
     done_set = set(done)
     todo = [i for i in shard if ds.samples[i].id not in done_set]
     save_dir = Path(save_predictions).expanduser() if save_predictions is not None else None
@@ -870,7 +803,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
                     image_dets = (pred.instances if isinstance(pred.instances, list)
                                   else to_detections(pred.instances, ds.image_id(i), ds.category_ids))
                     detections[sample.id] = image_dets
-                    _append_detections(dets_path, sample.id, image_dets)
+                    append_detections(dets_path, sample.id, image_dets)
             except InputError as exc:
                 raise InputError(f"{sample.id}: {exc}") from None
             if save_dir is not None:
@@ -929,7 +862,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     _barrier(d, dev)
     if state_path is not None:
         state_path.unlink(missing_ok=True)
-        _detections_path(state_path).unlink(missing_ok=True)
+        detections_path(state_path).unlink(missing_ok=True)
     return result
 
 
