@@ -17,6 +17,7 @@ from ovss.data.datasets import CITYSCAPES_LABEL_IDS, get_dataset, id2rgb, open_d
 from ovss.errors import DatasetError
 from ovss.evaluation import evaluate
 from ovss.evaluation.panoptic import compute_pq
+from ovss.segmenter import Capabilities
 from test_eval import run_torchrun
 from test_instance import PALETTE, _paint
 from test_panoptic import reference_pq
@@ -25,6 +26,8 @@ from test_panoptic import reference_pq
 class PanopticPaint:
     """Stand-in panoptic segmenter for painted images: one segment per palette colour present
     (class ``things[colour]``), one stuff segment for the blue background (class ``stuff``)."""
+
+    capabilities = Capabilities(panoptic=True)
 
     def __init__(self, num_classes: int = 19, panoptic: bool = False, dataset: str | None = None,
                  things: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18, 13), stuff: int = 0,
@@ -44,7 +47,7 @@ class PanopticPaint:
         segs.append({"id": 100, "category_id": self.stuff, "isthing": False})
         return ids, segs
 
-    def predict(self, image: np.ndarray) -> SimpleNamespace:
+    def predict(self, image: np.ndarray, image_id: str | None = None) -> SimpleNamespace:
         ids, segs = self.segments(image)
         labels = np.zeros(ids.shape, dtype=np.int64)
         for s in segs:

@@ -154,7 +154,7 @@ def test_command_writes_loadable_checkpoint_and_resumes(clip_files, data_root, t
     own = seg.net.state_dict()
     assert all(torch.equal(own[k], v) for k, v in saved.items() if not k.startswith("criterion."))
     res = seg.predict(np.asarray(Image.open(data_root / "images" / "0000.png")), ["cat", ("dog", "puppy"), "grass"])
-    assert res.logits.shape == (3, 64, 64) and torch.isfinite(res.logits).all()
+    assert res.scores.shape == (3, 64, 64) and torch.isfinite(res.scores).all()
 
     assert main(common + ["--max-iter", "3", "--resume"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

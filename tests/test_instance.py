@@ -19,6 +19,7 @@ from ovss.errors import DatasetError, InputError
 from ovss.evaluation import evaluate
 from ovss.evaluation.instance import decode_mask, encode_mask, evaluate_detections, to_detections
 from ovss.models.mask_inference import Instances, instance_inference
+from ovss.segmenter import Capabilities
 from test_datasets import build, panoptic_categories
 from test_eval import run_torchrun
 
@@ -152,6 +153,8 @@ class InstanceColour:
     image (class ``classes[colour]``, score from the colour), plus a shifted duplicate of each with
     the next class and a lower score; labels = the instance classes."""
 
+    capabilities = Capabilities(instance=True)  # what ovss eval reads to build it with instance=True
+
     def __init__(self, num_classes: int = 133, instance: bool = False, dataset: str | None = None,
                  classes: tuple[int, ...] = tuple(range(0, 80, 7)), **kwargs: object) -> None:
         self.num_classes, self.instance, self.classes, self.calls = num_classes, instance, classes, 0
@@ -169,7 +172,7 @@ class InstanceColour:
         return Instances.from_masks(torch.from_numpy(np.array(masks).reshape(-1, *hw)),
                                     torch.tensor(scores, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64))
 
-    def predict(self, image: np.ndarray) -> SimpleNamespace:
+    def predict(self, image: np.ndarray, image_id: str | None = None) -> SimpleNamespace:
         self.calls += 1
         inst = self.instances(image)
         labels = np.zeros(image.shape[:2], dtype=np.int64)
@@ -361,7 +364,7 @@ def test_instance_ground_truth_errors(tmp_path: Path) -> None:
 
 
 INS_SETUP = ("from test_instance import InstanceColour\n"
-             "ovss.registry.method_class = lambda name: InstanceColour  # its constructor takes instance=\n"
+             "ovss.registry.method_class = lambda name: InstanceColour  # it declares instance output\n"
              "ovss.registry.create_segmenter = lambda method, **kw: InstanceColour(133, **kw)")
 
 
@@ -409,7 +412,7 @@ def test_fc_clip_instances_match_official(fc_seg, vocab: str, dataset: str) -> N
         image = z["image_uint8"].transpose(1, 2, 0)
     ori = tuple(int(v) for v in ref["ori_shape"])
     things = ref["things"].tolist()
-    run = fc_seg.run(image, ori, dataset_vocabulary(dataset), things, panoptic=False)
+    run = fc_seg.run_resized(image, ori, dataset_vocabulary(dataset), things, panoptic=False)
     x, size = fc_seg.preprocess(image)
     masks = F.interpolate(run["pred_masks"][None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
     masks = postprocess_masks(masks, size, ori)  # sem_seg_postprocess: what instance_inference receives
@@ -431,7 +434,7 @@ def test_fc_clip_instances_match_official(fc_seg, vocab: str, dataset: str) -> N
 
 
 def test_instance_writers() -> None:
-    from ovss.evaluation.instance import instance_overlay, instances_json
+    from ovss.outputs import instance_overlay, instances_json
 
     rgb = np.zeros((20, 30, 3), dtype=np.uint8)
     a, b = _box_mask((20, 30), 0, 10, 0, 10), _box_mask((20, 30), 5, 15, 5, 20)

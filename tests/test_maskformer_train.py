@@ -118,7 +118,7 @@ def test_zsseg_training_lowers_loss_and_round_trips(data: Path, tmp_path: Path, 
                 max_long_side=128)
     assert seg.prompt == "learnable"
     res = seg.predict(data / "images" / "0.png", classes=CLASSES)
-    assert res.logits.shape == (4, 64, 64) and torch.isfinite(res.logits).all()
+    assert res.scores.shape == (4, 64, 64) and torch.isfinite(res.scores).all()
     # resume restores the iteration, the weights and the optimizer
     tr2 = ProposalTrainer(_cfg(data, tmp_path / "out", tiny_clip_files, prompt="learnable"), clip=tiny_clip)
     assert tr2.resume() and tr2.iteration == 2
@@ -137,4 +137,4 @@ def test_zegformer_training_step_and_round_trip(data: Path, tmp_path: Path, pari
     assert path.name == "model_0000002.pth"
     seg = ZegFormer(model=clip[0], pretrained=clip[1], checkpoint=path, short_side=64, max_long_side=128)
     res = seg.predict(data / "images" / "0.png", classes=["person", "cow"])
-    assert res.logits.shape == (2, 64, 64) and res.extras["seen"] == [True, False]
+    assert res.scores.shape == (2, 64, 64) and res.extras["seen"] == [True, False]

@@ -34,7 +34,8 @@ def clip_files(zdir: Path) -> tuple[str, str]:
 def seg(zdir: Path, clip_files):
     return ovss.create_segmenter("zegformer", model=clip_files[0], pretrained=clip_files[1],
                                  checkpoint=str(zdir / "zegformer_tiny_r101.pth"),
-                                 config=str(zdir / "zegformer_tiny_config.json"), short_side=320, max_long_side=1280)
+                                 config=str(zdir / "zegformer_tiny_config.json"), dataset="coco_stuff", short_side=320,
+                                 max_long_side=1280)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def test_predict_and_external_generator(seg, clip_files, parity_dir: Path) -> No
         res = seg.predict(parity_dir / "astronaut.png", classes=["person", "grass, lawn"])
     finally:
         seg.short_side = 320
-    assert res.logits.shape == (2, 512, 512) and res.extras["seen"] == [True, False]
+    assert res.scores.shape == (2, 512, 512) and res.extras["seen"] == [True, False]
     with pytest.raises(InputError):
         seg.predict(parity_dir / "astronaut.png", prob_threshold=0.5)
 
@@ -219,7 +220,10 @@ def test_voc20_protocol(zdir: Path, clip_files) -> None:
     seg = ovss.create_segmenter("zegformer", model=clip_files[0], pretrained=clip_files[1],
                                 checkpoint=str(zdir / "zegformer_tiny_r101.pth"),
                                 config=str(zdir / "zegformer_tiny_config.json"), dataset="voc20")
-    names, seen = seg.resolve_classes(None)
+    from ovss.methods.two_stage import class_strings
+
+    names = class_strings(seg.default_vocabulary())
+    seen = seg.seen_flags(names)
     assert len(names) == 20 and names[15] == "potted plant"
     assert seen.tolist() == [True] * 15 + [False] * 5
     assert (seg.short_side, seg.max_long_side, seg.gamma) == (512, 2048, 0.1)

@@ -91,7 +91,10 @@ def test_ensemble_from_stored_tensors(zdir: Path) -> None:
 
 def test_protocol_seen_flags_match_manifest(seg, zdir: Path) -> None:
     proto = json.loads((zdir / "manifest.json").read_text())["protocols"]
-    names, flag = seg.resolve_classes(None)
+    from ovss.methods.two_stage import class_strings
+
+    names = class_strings(seg.default_vocabulary())
+    flag = seg.seen_flags(names)
     assert names == proto["coco171"]["class_names"]
     assert flag.int().tolist() == proto["coco171"]["trainable_flag"]
 
@@ -102,10 +105,10 @@ def test_predict_api_and_user_classes(seg, parity_dir: Path) -> None:
         res = seg.predict(parity_dir / "astronaut.png", classes=["person", "sky", "rocket, spaceship"])
     finally:
         seg.short_side = 320
-    assert res.logits.shape == (3, 512, 512) and res.labels.shape == (512, 512)
+    assert res.scores.shape == (3, 512, 512) and res.labels.shape == (512, 512)
     assert res.classes == ["person", "sky", "rocket, spaceship"]
-    assert torch.isfinite(res.logits).all()
-    assert torch.equal(res.labels, res.logits.argmax(0))
+    assert torch.isfinite(res.scores).all()
+    assert torch.equal(res.labels, res.scores.argmax(0))
     with pytest.raises(InputError):
         seg.predict(parity_dir / "astronaut.png", background="background")
 
@@ -269,9 +272,9 @@ def test_external_mask_generator(tiny_clip_files, parity_dir: Path) -> None:
                                 proposals=two_halves, short_side=64, max_long_side=256)
     assert seg.prompt == "vild"
     res = seg.predict(parity_dir / "astronaut.png", classes=["person", "sky"])
-    assert res.logits.shape == (2, 512, 512)
+    assert res.scores.shape == (2, 512, 512)
     # each half's scores are that mask's CLIP probabilities (sum to 1 away from the seam)
-    assert torch.allclose(res.logits[:, 10, 10].sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(res.scores[:, 10, 10].sum(), torch.tensor(1.0), atol=1e-5)
     with pytest.raises(InputError, match="masks"):
         bad = ovss.create_segmenter("zsseg", model=tiny_clip_files[0], pretrained=tiny_clip_files[1],
                                     proposals=lambda im: np.zeros((1, 3, 3), bool), short_side=64)

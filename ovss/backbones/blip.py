@@ -42,10 +42,6 @@ KNOWN_BLIP_ITM = ("Salesforce/blip-itm-large-coco", "Salesforce/blip-itm-large-f
 #: LayerNorm epsilon of the LAVIS ViT (``partial(nn.LayerNorm, eps=1e-6)``).
 LAVIS_VIT_LN_EPS = 1e-6
 
-#: CLIP/BLIP normalisation of the LAVIS ``blip_image_eval`` processor.
-BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class LoadedBLIP:

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import CLIP_MEAN_255_D2, CLIP_STD_255_D2
 from ..errors import ModelLoadError
-from ..models.mask2former import mask_pool
+from ..models.mask_pooling import mask_pool
 from .clip import CHECKPOINT_SUFFIXES, LoadedCLIP, load_clip, load_into, load_state_dict_file, text_fingerprint
 
 #: Per-channel RGB mean / std in 0-255 units (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` of the configs).
-CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
-CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
+CLIP_PIXEL_MEAN, CLIP_PIXEL_STD = CLIP_MEAN_255_D2, CLIP_STD_255_D2
 
 
 def register_test_trunks() -> None:

@@ -46,9 +46,6 @@ from torch import nn
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from .clip import fetch_url, hub_file_cached, hub_reachable, load_into, load_state_dict_file, offline_help
 
-#: ImageNet normalisation (0-1 scale) of the DINO family (torchvision ``Normalize``).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def to_detections(instances: Any, image_id: Any, category_ids: Sequence[int]) ->
     Raises:
         InputError: a label outside ``category_ids``.
     """
-    rles, scores, labels = _rles(instances)
+    rles, scores, labels = instance_rles(instances)
     out = []
     for i, rle in enumerate(rles):
         k = int(labels[i])
@@ -96,8 +96,9 @@ def to_detections(instances: Any, image_id: Any, category_ids: Sequence[int]) ->
     return out
 
 
-def _rles(instances: Any) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Per instance its RLE (each distinct mask encoded once), scores and labels as numpy."""
+def instance_rles(instances: Any) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Per instance its COCO RLE (each distinct mask encoded once, see :func:`encode_mask`), and the
+    (N,) scores and labels as numpy; ``instances`` as for :func:`to_detections`."""
     get = (lambda k: instances.get(k)) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k, None))
 
     def arr(x: Any) -> np.ndarray:
@@ -279,55 +280,3 @@ def append_detections(path: Path | None, sample_id: str, detections: list[dict])
     if path is not None:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"id": sample_id, "detections": detections}) + "\n")
-
-
-# --- writers (``ovss segment`` with instance output) -------------------------------------------------
-
-
-def instances_json(instances: Any, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """One image's instances as JSON-able dicts, highest score first: ``label`` (class index),
-    ``class`` (its name), ``score``, ``segmentation`` (COCO RLE, ``counts`` str), ``area``
-    (pixels) and ``query`` where the instances carry it.
-
-    Args:
-        instances: ``masks`` (N, H, W) bool, ``scores`` (N,), ``labels`` (N,) (attributes or keys).
-        classes: the result's class names (``labels`` index them).
-    """
-    from pycocotools import mask as mask_util
-
-    get = (lambda k: instances.get(k)) if isinstance(instances, Mapping) else (lambda k: getattr(instances, k, None))
-    rles, scores, labels = _rles(instances)
-    query = get("query")
-    out = []
-    for i in np.argsort(-scores.astype(np.float64), kind="stable"):
-        k = int(labels[i])
-        rle = dict(rles[i])
-        area = int(mask_util.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
-        row = {"label": k, "class": classes[k], "score": float(scores[i]), "segmentation": rle, "area": area}
-        if query is not None:
-            row["query"] = int(query[i])
-        out.append(row)
-    return out
-
-
-def instance_overlay(rgb: np.ndarray, instances: Any, classes: Sequence[str], min_score: float = 0.5) -> Any:
-    """The photo with every instance scoring at least ``min_score`` in its own colour (higher
-    scores drawn on top), outlines and a legend ``class #n (score)``.
-
-    Args:
-        rgb: (H, W, 3) uint8 photo.
-        instances: as for :func:`instances_json`.
-        classes: class names.
-        min_score: instances below it are not drawn (detectron2's demo uses 0.5).
-
-    Returns:
-        A PIL RGB image (see :func:`ovss.visualize.overlay`).
-    """
-    from ..visualize import overlay, palette
-
-    rows = [r for r in instances_json(instances, classes) if r["score"] >= min_score]
-    index = np.zeros(rgb.shape[:2], dtype=np.int64)  # 0: no instance
-    for n, r in reversed(list(enumerate(rows, start=1))):  # lowest score first, highest painted last
-        index[decode_mask(r["segmentation"])] = n
-    names = ["none"] + [f"{r['class']} #{n} ({r['score']:.2f})" for n, r in enumerate(rows, start=1)]
-    return overlay(rgb, index, names, palette(len(names), 0), background=0)

@@ -228,9 +228,9 @@ def resolve_config(config: str | Path | dict[str, Any] | None, extra: dict[str, 
     elif config is not None:
         cfg = read_config(config)
     elif isinstance(extra.get("ovss_config"), dict):
-        from .d2config import _nest
+        from .d2config import nest_keys
 
-        cfg = _nest(extra["ovss_config"])
+        cfg = nest_keys(extra["ovss_config"])
     else:
         cfg = {}
     name = cfg_get(cfg, "MODEL.BACKBONE.NAME", None)

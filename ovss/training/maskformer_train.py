@@ -219,8 +219,8 @@ def make_batch(pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device,
         torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Normalised, zero-padded image batch (B, 3, Hp, Wp) and per-image targets (one binary mask per
     class present, padded to (Hp, Wp))."""
-    mean = torch.tensor(ts.PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(ts.PIXEL_STD).view(3, 1, 1)
+    mean = torch.tensor(ts.IMAGENET_MEAN_255).view(3, 1, 1)
+    std = torch.tensor(ts.IMAGENET_STD_255).view(3, 1, 1)
     hp = -(-max(p[0].shape[0] for p in pairs) // divisor) * divisor
     wp = -(-max(p[0].shape[1] for p in pairs) // divisor) * divisor
     images, targets = [], []
@@ -254,19 +254,19 @@ class ProposalTrainer:
                            else [n for n in names if n not in set(cfg.unseen)])
         self.clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, self.device)
         released = ZSSEG_RELEASED if cfg.method == "zsseg" else ZEGFORMER_RELEASED
-        from ..importers.d2config import _nest
+        from ..importers.d2config import nest_keys
 
         clip_dim = int(self.clip.model.text_projection.shape[-1])
         if cfg.method == "zsseg":
             self.flat_config = {**released, "MODEL.SEM_SEG_HEAD.EMBEDDING_DIM": clip_dim,
                                 "MODEL.CLIP_ADAPTER.PROMPT_DIM": int(self.clip.model.token_embedding.weight.shape[1]),
                                 **cfg.arch}
-            mf_cfg = maskformer_config(_nest(self.flat_config), released, "embed")
+            mf_cfg = maskformer_config(nest_keys(self.flat_config), released, "embed")
         else:
             if clip_dim != ZEGFORMER_EMBED_DIM:
                 raise InputError(f"ZegFormer needs a CLIP with {ZEGFORMER_EMBED_DIM}-d embeddings, got {clip_dim}")
             self.flat_config = {**released, **cfg.arch}
-            mf_cfg = maskformer_config(_nest(self.flat_config), released, "project", embedding_dim=ZEGFORMER_EMBED_DIM)
+            mf_cfg = maskformer_config(nest_keys(self.flat_config), released, "project", embedding_dim=ZEGFORMER_EMBED_DIM)
         self.flat_config["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] = len(self.seen_names)
         self.model = MaskFormerV1(mf_cfg).to(self.device)
         self.prompts: ts.LearnablePrompts | None = None
