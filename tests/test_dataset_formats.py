@@ -260,3 +260,30 @@ def test_label_short_side_clip_diy_protocol(tmp_path: Path) -> None:
     assert plain.matrix.sum() > res.matrix.sum()  # the original resolution scores more pixels
     with pytest.raises(InputError, match="positive"):
         evaluate(ds, predictions=tmp_path / "pred", progress=False, label_short_side=0)
+
+
+def test_label_short_side_builds_clip_diy_with_it(tmp_path: Path) -> None:
+    """``ovss eval --method clip_diy --label-short-side N``: CLIP-DIY predicts at the resized ground
+    truth's size itself (its official path: 256 x 256 nearest-resized to that size once)."""
+    parity = Path(__file__).resolve().parents[2] / "shared" / "parity"
+    diy = parity / "clip_diy"
+    if not (diy / "tiny_found_decoder.safetensors").is_file():
+        pytest.skip("CLIP-DIY parity fixtures not found")
+    import ovss
+    from ovss.evaluation.metrics import confusion_matrix
+    from test_datasets import build
+
+    opts = dict(model=str(parity / "tiny_clip_b16.json"), pretrained=str(parity / "tiny_clip_b16.safetensors"),
+                saliency_model=str(diy / "tiny_dino_s8.json"), saliency_pretrained=str(diy / "tiny_dino_s8.safetensors"),
+                saliency_head=str(diy / "tiny_found_decoder.safetensors"))
+    build(tmp_path / "voc", "voc21", get_dataset("voc21").layouts[0], n=1, size=(40, 56))
+    ds = open_dataset("voc21", tmp_path / "voc")
+    res = evaluate(ds, method="clip_diy", segmenter_options=opts, device="cpu", progress=False, label_short_side=24)
+    assert res.config["segmenter_options"] and res.config["settings"]["label_short_side"] == 24
+    seg = ovss.create_segmenter("clip_diy", dataset="voc21", label_short_side=24, **opts)
+    from ovss.evaluation.runner import resize_to_short_side
+
+    gt = resize_to_short_side(ds.read_label(0), 24)
+    pred = seg.predict(ds.read_image(0)).labels.numpy()
+    assert pred.shape == gt.shape == (24, 33)
+    assert np.array_equal(res.matrix, confusion_matrix(pred, gt, 21, 255))

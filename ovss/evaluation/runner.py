@@ -172,8 +172,10 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
             :class:`ovss.evaluation.instance.InstancePredictions`).
         label_short_side: CLIP-DIY's own scoring protocol (not the benchmark's): the ground truth
             is resized to this short side with nearest neighbour before scoring (see
-            :func:`resize_to_short_side`) and each prediction nearest-resized to it; None scores
-            at the original label resolution (every other method's protocol). Not with PQ / AP.
+            :func:`resize_to_short_side`); a ``method`` with a ``label_short_side`` option (CLIP-DIY)
+            is built with it and predicts at that size, as its official script does; other
+            predictions are nearest-resized to it. None scores at the original label resolution
+            (every other method's protocol). Not with PQ / AP.
         on_image: callback after each scored image (index in the split, sample).
 
     Returns:
@@ -270,6 +272,16 @@ def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | Non
     return able
 
 
+def _takes_option(cls: Any, option: str) -> bool:
+    """Whether the constructor of ``cls`` names keyword ``option``."""
+    import inspect
+
+    try:
+        return option in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _instance_mode(ds: EvalDataset, requested: bool | None, *, method: str | None, segmenter: Any,
                    instance_predictions: str | Path | None) -> bool:
     """Whether this run scores mask AP (see :func:`evaluate`'s ``instance``).
@@ -334,6 +346,8 @@ def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: 
                 kwargs["panoptic"] = True
             if with_ap:
                 kwargs["instance"] = True
+            if label_short_side is not None and _takes_option(registry.method_class(method), "label_short_side"):
+                kwargs["label_short_side"] = label_short_side  # CLIP-DIY predicts at that size itself
             segmenter = registry.create_segmenter(method, **kwargs)  # type: ignore[arg-type]
         source = SegmenterSource(segmenter, num_classes, panoptic=with_pq, instance=with_ap)
 

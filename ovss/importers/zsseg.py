@@ -316,6 +316,9 @@ class ZSSegWeights:
             ``start_signal`` / ``dot_signal`` / ``end_signal`` / ``pad_signal`` (1, D)); {} when absent.
         clip_state_dict: the frozen CLIP in OpenAI layout when the checkpoint includes it, else None.
         prompt_shape: (n_prefix, n_suffix) from the config.
+        region_prompts: the learned prompts of the separate region classifier
+            (``MODEL.CLIP_ADAPTER.SEPERATE_ADAPTER``: ``_region_clip_adapter.prompt_learner.*``); {} without one.
+        region_prompt_shape: its (n_prefix, n_suffix) (``REGION_CLIP_ADAPTER.PROMPT_SHAPE``).
         source: the checkpoint path.
         settings: inference settings the config sets explicitly (see :func:`inference_settings`).
     """
@@ -329,12 +332,16 @@ class ZSSegWeights:
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    region_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
+    region_prompt_shape: tuple[int, int] = (16, 0)
 
 
 #: inference settings an official eval config may set: ovss attribute -> detectron2 key.
 ZSSEG_SETTING_KEYS = {"mask_thr": "MODEL.CLIP_ADAPTER.MASK_THR",
                       "ensemble_weight": "MODEL.CLIP_ADAPTER.CLIP_ENSEMBLE_WEIGHT",
                       "prompt": "MODEL.CLIP_ADAPTER.PROMPT_LEARNER",
+                      "separate_adapter": "MODEL.CLIP_ADAPTER.SEPERATE_ADAPTER",
+                      "region_prompt": "MODEL.CLIP_ADAPTER.REGION_CLIP_ADAPTER.PROMPT_LEARNER",
                       "short_side": "INPUT.MIN_SIZE_TEST", "max_long_side": "INPUT.MAX_SIZE_TEST"}
 
 
@@ -380,9 +387,13 @@ def load_zsseg_checkpoint(path: str | Path, config: str | Path | dict[str, Any] 
                if k.startswith("clip_adapter.prompt_learner.")}
     shape = as_sequence(cfg_get(cfg, "MODEL.CLIP_ADAPTER.PROMPT_SHAPE", None)
                         or ZSSEG_RELEASED["MODEL.CLIP_ADAPTER.PROMPT_SHAPE"])
+    region = {k[len("_region_clip_adapter.prompt_learner."):]: v.float() for k, v in rest.items()
+              if k.startswith("_region_clip_adapter.prompt_learner.")}
+    region_shape = as_sequence(cfg_get(cfg, "MODEL.CLIP_ADAPTER.REGION_CLIP_ADAPTER.PROMPT_SHAPE", None) or (16, 0))
     return ZSSegWeights(mf_cfg, own, rest["clip_adapter.non_object_embedding"].float(), prompts, clip_sd,
                         (int(shape[0]), int(shape[1])), str(path), ck.extra,
-                        inference_settings(cfg, ZSSEG_SETTING_KEYS))
+                        inference_settings(cfg, ZSSEG_SETTING_KEYS), region,
+                        (int(region_shape[0]), int(region_shape[1])))
 
 
 def save_zsseg_checkpoint(path: str | Path, maskformer: dict[str, torch.Tensor], non_object_embedding: torch.Tensor,

@@ -205,6 +205,15 @@ def nearest_index(src: int, dst: int, rule: str) -> np.ndarray:
     return idx.view(-1).long().numpy()
 
 
+def label_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) of the official evaluation's ground truth: torchvision ``resize(mask, size=short_side)`` keeps
+    the aspect ratio with ``long = int(short_side * long / short)`` (``src/datasets/pascal_voc.py::get_mask``,
+    "fix for the eval", at f88932d)."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
 class CLIPDIY(Segmenter):
     """CLIP-DIY (official protocols: ``dataset="voc21"`` and ``"coco_object"``).
 
@@ -229,6 +238,10 @@ class CLIPDIY(Segmenter):
             area) before FOUND, which otherwise runs at full resolution as the official script
             does (memory grows with the square of the token count); None under a dataset protocol.
         batch_size: patches per CLIP forward pass (results do not depend on it).
+        label_short_side: CLIP-DIY's own scoring protocol: the scores and labels come at the size of the
+            official evaluation's ground truth, nearest-resized to this short side (448 in the official
+            scripts: :func:`label_size`) instead of the image size; ``ovss eval --label-short-side 448``
+            resizes the ground truth the same way. None: the image size.
         use_cache: keep class embeddings in the on-disk cache.
         clip: an already loaded CLIP (skips ``model``/``pretrained``).
         **common: dataset ("voc21" or "coco_object", the official class lists, or None), device,
@@ -252,7 +265,8 @@ class CLIPDIY(Segmenter):
                  saliency_head: str | None = None, variant: Literal["eval", "notebook"] = "eval",
                  img_size: Pixels = 256, patch_sizes: Sequence[PositiveInt] = (256, 128, 64),
                  stride_divisor: PositiveInt = 2, patch_weights: Sequence[NonNegative] | None = None,
-                 saliency_max_side: Pixels | None = 1024, batch_size: PositiveInt = 32, use_cache: bool = True,
+                 saliency_max_side: Pixels | None = 1024, batch_size: PositiveInt = 32,
+                 label_short_side: Pixels | None = None, use_cache: bool = True,
                  clip: LoadedCLIP | None = None, **common: Any) -> None:
         super().__init__(**common)
         img_size = square_side(img_size, common.get("short_side"), common.get("max_long_side"))
@@ -282,6 +296,7 @@ class CLIPDIY(Segmenter):
         self.img_size = int(img_size)
         self.stride_divisor = int(stride_divisor)
         self.batch_size = batch_size
+        self.label_short_side = label_short_side
         self.use_cache = use_cache
         self.saliency_max_side = None if self.dataset is not None else saliency_max_side
         self.clip = clip if clip is not None else load_clip(model, pretrained, self.device)
@@ -486,6 +501,8 @@ class CLIPDIY(Segmenter):
             ``gated_logits``, ``work_scores`` (C, S, S) final scores and ``work_labels`` (S, S) at S x S.
         """
         h, w = rgb.shape[:2]
+        if self.label_short_side is not None:
+            h, w = label_size(h, w, self.label_short_side)
         nb = self.notebook_input(rgb) if self.variant == "notebook" else None
         work = _to_byte(nb) if nb is not None else self.working_image(rgb)
         text = self.text_embeddings(vocab)
@@ -526,7 +543,8 @@ class CLIPDIY(Segmenter):
                 "templates": list(TEMPLATES), "saliency": self.saliency is not None,
                 "saliency_model": self.saliency.name if self.saliency is not None else None,
                 "saliency_pretrained": self.saliency.pretrained if self.saliency is not None else None,
-                "saliency_max_side": self.saliency_max_side, "batch_size": self.batch_size}
+                "saliency_max_side": self.saliency_max_side, "batch_size": self.batch_size,
+                "label_short_side": self.label_short_side}
 
 
 def _to_byte(x01: torch.Tensor) -> np.ndarray:
