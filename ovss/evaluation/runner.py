@@ -272,16 +272,6 @@ def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | Non
     return able
 
 
-def _takes_option(cls: Any, option: str) -> bool:
-    """Whether the constructor of ``cls`` names keyword ``option``."""
-    import inspect
-
-    try:
-        return option in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _instance_mode(ds: EvalDataset, requested: bool | None, *, method: str | None, segmenter: Any,
                    instance_predictions: str | Path | None) -> bool:
     """Whether this run scores mask AP (see :func:`evaluate`'s ``instance``).
@@ -346,7 +336,7 @@ def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: 
                 kwargs["panoptic"] = True
             if with_ap:
                 kwargs["instance"] = True
-            if label_short_side is not None and _takes_option(registry.method_class(method), "label_short_side"):
+            if label_short_side is not None and "label_short_side" in registry.method_options(method):
                 kwargs["label_short_side"] = label_short_side  # CLIP-DIY predicts at that size itself
             segmenter = registry.create_segmenter(method, **kwargs)  # type: ignore[arg-type]
         source = SegmenterSource(segmenter, num_classes, panoptic=with_pq, instance=with_ap)
