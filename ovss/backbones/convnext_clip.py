@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..models.mask2former import mask_pool
-from .clip import CHECKPOINT_SUFFIXES, LoadedCLIP, load_clip, load_into, load_state_dict_file, text_fingerprint
+from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
+from .clip import LoadedCLIP, load_clip, text_fingerprint
 
 #: Per-channel RGB mean / std in 0-255 units (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` of the configs).
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
@@ -205,7 +206,7 @@ def load_conv_clip(model: str, pretrained: str | None, device: str | torch.devic
         # local weights: build the architecture, then load strictly ourselves (the generic
         # loader's key sniffing only looks at the first few keys of a sorted safetensors file)
         clip = load_clip(model, None, "cpu")
-        sd = load_state_dict_file(pretrained)
+        sd = load_state_dict(pretrained)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()
               if k not in ("input_resolution", "context_length", "vocab_size")}
         if not any(k.startswith("visual.") for k in sd):

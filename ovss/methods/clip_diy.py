@@ -66,6 +66,7 @@ from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..backbones.dino import IMAGENET_MEAN, IMAGENET_STD, LoadedViT, last_block_keys, load_vit
+from ..checkpoints import read_checkpoint
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, load_image
 from ..segmenter import SegmentationResult, Segmenter, square_side
@@ -117,15 +118,7 @@ def load_found_decoder(path: str | Path, in_channels: int) -> nn.Conv2d:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"FOUND decoder file not found: {path} (--saliency-head)")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read FOUND decoder {path}: {exc.__class__.__name__}") from None
+    raw: Any = read_checkpoint(path)  # never executes code from the file
     if isinstance(raw, dict) and isinstance(raw.get("decoder"), dict):
         sd = dict(raw["decoder"])
     elif isinstance(raw, dict):

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import LoadedCLIP, load_clip, load_into
+from ..backbones.clip import LoadedCLIP, load_clip
+from ..checkpoints import load_into
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.zegformer import ZEGFORMER_EMBED_DIM, load_zegformer_checkpoint

@@ -217,7 +217,7 @@ class ZSSeg(Segmenter):
                            if self.protocol.has_trainable_flag else set())
 
     def _load(self, w: ZSSegWeights) -> None:
-        from ..backbones.clip import load_into
+        from ..checkpoints import load_into
 
         net = MaskFormerV1(w.config)
         try:

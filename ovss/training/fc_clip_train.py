@@ -463,7 +463,9 @@ def _train(args: argparse.Namespace) -> int:
     last = out_dir / "last_checkpoint"
     resume_path = out_dir / last.read_text().strip() if args.resume and last.is_file() else None
     if resume_path is not None:
-        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
+        from ..checkpoints import read_checkpoint
+
+        saved = read_checkpoint(resume_path)  # never executes code from the file
         cfg = FCCLIPConfig(**saved["fcclip_config"])
     data = COCOPanopticDataset(args.images, args.panoptic_json, args.panoptic_dir, args.image_size)
     vocab = dataset_vocabulary(data.categories, args.class_file)

@@ -425,7 +425,9 @@ class ProposalTrainer:
         marker = out / "last_checkpoint"
         if not marker.is_file():
             return False
-        obj = torch.load(str(out / marker.read_text().strip()), map_location=self.device, weights_only=False)
+        from ..checkpoints import read_checkpoint
+
+        obj = read_checkpoint(out / marker.read_text().strip(), map_location=self.device)  # never runs code
         sd = obj["model"]
         own, prompts = {}, {}
         for k, v in sd.items():
