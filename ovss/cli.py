@@ -338,7 +338,7 @@ def pnp_tune(ctx: typer.Context) -> None:
 def _register_subcommands() -> None:
     import importlib
 
-    for module in ("ovss.evaluation.cli", "ovss.demo"):
+    for module in ("ovss.evaluation.cli", "ovss.demo", "ovss.zoo_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
