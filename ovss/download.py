@@ -91,7 +91,8 @@ def _locked(dest: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; concurrent downloads of one file are the user's risk
         yield
         return
-    lock = dest.with_name(dest.name + ".lock")
+    lock = dest.parent / ".locks" / (dest.name + ".lock")  # kept: unlinking a flock file races
+    lock.parent.mkdir(exist_ok=True)
     with lock.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

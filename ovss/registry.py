@@ -108,7 +108,9 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
     """Build the segmenter of ``method`` (see :func:`available_methods`) with its keyword options.
 
     Common options: ``model``, ``pretrained``, ``dataset`` (official protocol and class file),
-    ``device``; each method's class documents the rest.
+    ``device``; each method's class documents the rest. A file option may name a zoo entry
+    (``checkpoint="fcclip_cocopan"``, see ``ovss models``): :func:`ovss.zoo.resolve` downloads it on
+    first use and fills the ``model`` / ``pretrained`` / ``config`` that match it unless given.
 
     Raises:
         UnknownNameError: unknown method, model, tag or dataset protocol.
@@ -116,4 +118,6 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
         ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
     """
     check_options(method, kwargs)
-    return method_class(method)(**kwargs)
+    from .zoo import resolve  # zoo names in checkpoint= & co.: the cached file, matching model/pretrained
+
+    return method_class(method)(**resolve(method, kwargs))
