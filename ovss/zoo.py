@@ -18,6 +18,7 @@ Every fact below comes from the official README (or code) at the commit named in
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class Source:
 
     @property
     def cache_name(self) -> str:
+        """The file's name in the cache (hub files: ``<org>--<repo>--<file>``, so two repos'
+        ``model.safetensors`` do not collide)."""
+        if self.kind == "hf":
+            return f"{self.location.replace('/', '--')}--{self.filename}"
         return self.filename or Path(self.location.split("?")[0]).name
 
     @property
@@ -442,7 +447,7 @@ def resolve(method: str, kwargs: dict[str, Any], *, progress: bool = True) -> di
         out[key] = str(fetch(value, progress=progress))
         for k, v in entry.fills.items():
             if out.get(k) is None:
-                out[k] = v
+                out[k] = copy.deepcopy(v)  # a config dict must not be shared with the table
     return out
 
 

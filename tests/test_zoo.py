@@ -143,7 +143,7 @@ def test_download_progress_record_and_models(tiny_entries, server: _Server, cach
     r = runner.invoke(app, ["models", "tiny_fcclip"])
     assert r.exit_code == 0 and str(path) in r.output.replace("\n", "")
     # a hub-mirror source: the resolve URL under HF_ENDPOINT
-    assert zoo.fetch("tiny_found", progress=False).name == "decoder.safetensors"
+    assert zoo.fetch("tiny_found", progress=False).name == "timm--tiny_found--decoder.safetensors"
     assert ("/timm/tiny_found/resolve/main/decoder.safetensors", None) in server.requests
 
 
@@ -257,3 +257,9 @@ def test_table_matches_the_code() -> None:
         assert set(entry.fills) <= set(options), (entry.name, set(entry.fills) - set(options))
         known = set(method_class(entry.method).datasets())
         assert set(entry.protocols) <= known, (entry.name, set(entry.protocols) - known)
+
+
+def test_docs_table_lists_every_entry() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    missing = [name for name in zoo.MODELS if f"`{name}`" not in doc]
+    assert not missing, f"docs/models.md lacks {missing}"
