@@ -272,7 +272,8 @@ def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> Any:
         if kind == "safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path), device=str(map_location) if isinstance(map_location, str) else "cpu")
+            device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+            return load_file(str(path), device=device)
         if kind == "torchscript":
             with zipfile.ZipFile(path) as archive:
                 data = next(n for n in archive.namelist() if n.endswith("constants.pkl") and n.count("/") == 1)

@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -40,25 +41,27 @@ def _resolve(host: str, port: int) -> list[Any]:
 
 
 def url_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> bool:
-    """True when the host of ``url`` accepts a TCP connection within ``timeout`` seconds.
+    """True when the host of ``url`` accepts a TCP connection within ``timeout`` seconds in all.
 
     The name lookup has no timeout of its own (a dead DNS server blocks for many seconds), so it
-    runs in a daemon thread that is abandoned after ``timeout``.
+    runs in a daemon thread that is abandoned at the deadline; the connection gets what is left.
     """
     parts = urlparse(url)
     if not parts.hostname:
         return False
+    deadline = time.monotonic() + timeout
     port = parts.port or (443 if parts.scheme == "https" else 80)
     found: list[Any] = []
     lookup = threading.Thread(target=lambda: found.append(_resolve(parts.hostname, port)), daemon=True)
     lookup.start()
     lookup.join(timeout)
-    if not found or not found[0]:
+    left = deadline - time.monotonic()
+    if not found or not found[0] or left <= 0:
         return False
     family, kind, proto, _, address = found[0][0]
     try:
         with socket.socket(family, kind, proto) as sock:
-            sock.settimeout(timeout)
+            sock.settimeout(left)
             sock.connect(address)
             return True
     except OSError:

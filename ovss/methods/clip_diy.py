@@ -268,9 +268,9 @@ class CLIPDIY(Segmenter):
             saliency_model = None  # "--saliency-model none" on the command line
         if saliency_model:
             if not saliency_head:
-                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH "
-                                     "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
-                                     "FOUND's decoder_weights.pt), or saliency_model=None "
+                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH or the zoo "
+                                     "name found_decoder (ovss segment --saliency-head found_decoder, ovss eval "
+                                     "--set saliency_head=found_decoder; FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
             if saliency_pretrained is None and saliency_model == FOUND_VIT:
                 saliency_pretrained = FOUND_DINO_URL
