@@ -432,7 +432,7 @@ def resolve(method: str, kwargs: dict[str, Any], *, progress: bool = True) -> di
         "pretrained": "laion2b_s29b_b131k_ft_soup"}``.
 
     Raises:
-        InputError-like UnknownNameError: a zoo name given to another method or option.
+        UnknownNameError: a zoo name given to another method or option (the message names the right one).
         ModelLoadError: see :func:`fetch`.
     """
     out = dict(kwargs)
