@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from ..backbones.resnet import ResNetConfig
+from ..checkpoints import load_checkpoint
 from ..errors import InputError, ModelLoadError
 from ..models.maskformer import MaskFormerConfig
 from .d2config import cfg_get, load_config
@@ -93,41 +94,15 @@ class D2Checkpoint:
 
 
 def read_d2_checkpoint(path: str | Path) -> D2Checkpoint:
-    """Read a detectron2 ``.pth`` / ``.pkl``-free torch checkpoint or a ``.safetensors`` file.
+    """Read a detectron2 checkpoint: ``.pth`` (``torch.save``), ``.pkl`` (pickled numpy arrays) or a
+    ``.safetensors`` copy (``ovss convert``), through :func:`ovss.checkpoints.load_checkpoint`, which
+    never executes code from the file.
 
     Raises:
-        ModelLoadError: missing or unreadable file, or no state dict inside.
+        ModelLoadError: missing, unreadable or unsafe file, or no tensors inside.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception:  # detectron2 trainers may pickle plain python objects beside the model
-                obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(obj, dict):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
-    extra: dict[str, Any] = {}
-    sd = obj
-    if isinstance(obj.get("model"), dict):
-        sd = obj["model"]
-        extra = {k: v for k, v in obj.items() if k != "model"}
-    meta = getattr(sd, "_metadata", None) or {}
-    versions = {k: int(v.get("version", 1)) for k, v in meta.items() if isinstance(v, dict) and "version" in v}
-    model = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()
-             if isinstance(v, torch.Tensor)}
-    if not model:
-        raise ModelLoadError(f"checkpoint {path} holds no tensors")
-    return D2Checkpoint(model, versions, extra)
+    ck = load_checkpoint(path)
+    return D2Checkpoint(dict(ck.tensors), ck.versions, ck.extra)
 
 
 def rename_pixel_decoder(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

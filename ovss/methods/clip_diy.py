@@ -67,6 +67,7 @@ from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..backbones.dino import LoadedViT, last_block_keys, load_vit
+from ..checkpoints import read_checkpoint
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..options import NonNegative, Pixels, PositiveInt
@@ -145,15 +146,7 @@ def load_found_decoder(path: str | Path, in_channels: int) -> nn.Conv2d:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"FOUND decoder file not found: {path} (--saliency-head)")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read FOUND decoder {path}: {exc.__class__.__name__}") from None
+    raw: Any = read_checkpoint(path)  # never executes code from the file
     if isinstance(raw, dict) and isinstance(raw.get("decoder"), dict):
         sd = dict(raw["decoder"])
     elif isinstance(raw, dict):
@@ -311,9 +304,9 @@ class CLIPDIY(Segmenter):
             saliency_model = None  # "--saliency-model none" on the command line
         if saliency_model:
             if not saliency_head:
-                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH "
-                                     "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
-                                     "FOUND's decoder_weights.pt), or saliency_model=None "
+                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH or the zoo "
+                                     "name found_decoder (ovss segment --saliency-head found_decoder, ovss eval "
+                                     "--set saliency_head=found_decoder; FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
             if saliency_pretrained is None and saliency_model == FOUND_VIT:
                 saliency_pretrained = FOUND_DINO_URL

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbones.clip import LoadedCLIP, load_clip, load_into
+from ..backbones.clip import LoadedCLIP, load_clip
+from ..checkpoints import load_into
 from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN_255, IMAGENET_STD_255, VILD_TEMPLATES
 from ..errors import InputError, ModelLoadError
 from ..imageio import d2_resize
