@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -203,6 +204,11 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
             if not any(k.startswith("visual.") for k in sd):
                 raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
                                      "(no 'visual.*' keys): is it the right file?")
+            if "input_resolution" in sd and not _quick_gelu(net):
+                # OpenAI's release files (the only ones with these keys) hold QuickGELU networks
+                warnings.warn(f"{pretrained} is an OpenAI CLIP release, trained with QuickGELU, but model {name!r} "
+                              f"uses GELU: pass model={name + '-quickgelu'!r} (or a config with "
+                              '"quick_gelu": true) for its numbers', stacklevel=2)
             sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
             load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
                       f"{pretrained} into {name}")
@@ -211,6 +217,21 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
         p.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return LoadedCLIP(net, tokenizer, name, pretrained or "", text_fingerprint(net), cfg)
+
+
+def _quick_gelu(net: nn.Module) -> bool:
+    return any(type(m).__name__ == "QuickGELU" for m in net.modules())
+
+
+def hub_model_kwargs(name: str, tag: str) -> dict[str, Any]:
+    """Keywords ``open_clip.create_model(name, pretrained=tag)`` needs to build the network the weights
+    were trained as: OpenAI's CLIPs use QuickGELU (Radford et al. 2021; ``clip/model.py::QuickGELU``), which
+    open_clip's plain configs (``ViT-B-16``, ``RN50``...) no longer set, so it warns and builds GELU unless
+    asked (``force_quick_gelu``, from the tag's own ``quick_gelu``). The official SCLIP / ClearCLIP / NACLIP /
+    ProxyCLIP code loads OpenAI's CLIP with QuickGELU."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return {"force_quick_gelu": True} if get_pretrained_cfg(name, tag).get("quick_gelu") else {}
 
 
 def _create_from_hub(name: str, tag: str) -> nn.Module:
@@ -226,7 +247,7 @@ def _create_from_hub(name: str, tag: str) -> nn.Module:
     ctx = hub_offline() if cached else contextlib.nullcontext()
     try:
         with ctx, _quiet_open_clip():
-            return open_clip.create_model(name, pretrained=tag)
+            return open_clip.create_model(name, pretrained=tag, **hub_model_kwargs(name, tag))
     except Exception as exc:
         raise ModelLoadError(f"could not load {name} pretrained={tag!r}: "
                              f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}. "
