@@ -202,6 +202,8 @@ class CATSeg(Segmenter):
             evaluation sets True); False runs the official whole-image path (pad to
             ``SIZE_DIVISIBILITY``, squash to CLIP's input size).
         pooling_size: class-aggregation pooling (``POOLING_SIZES``; ``eval.sh``: 1 1).
+        classes: default classes of :meth:`predict` (instead of the protocol's).
+        background: default background words of :meth:`predict`.
         use_cache: keep text embeddings in the on-disk cache.
 
     ``predict`` returns ``logits`` = per-class probabilities (C, H, W) in (0, 1) (sigmoids,
@@ -223,7 +225,8 @@ class CATSeg(Segmenter):
                  checkpoint: str | Path | None = None, config: str | Path | None = None,
                  dataset: str | None = None, device: str | torch.device = "cpu", short_side: int | None = None,
                  max_long_side: int | None = None, sliding_window: bool | None = None,
-                 pooling_size: int | tuple[int, int] | list[int] | None = None, use_cache: bool = True) -> None:
+                 pooling_size: int | tuple[int, int] | list[int] | None = None, classes: ClassesInput | None = None,
+                 background: list[str] | str | None = None, use_cache: bool = True) -> None:
         super().__init__(device)
         check_test_size(short_side, max_long_side)
         if checkpoint is None:
@@ -266,6 +269,8 @@ class CATSeg(Segmenter):
         self.pixel_mean, self.pixel_std = mean.to(self.device), std.to(self.device)
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
         self._protocol_vocab = dataset_vocabulary(self.dataset) if self.dataset else None
+        self.classes = self.vocabulary(classes) if classes is not None else None
+        self.background = background
 
     # ---- construction helpers -----------------------------------------------------------------
     def _default_model(self, sd: dict[str, torch.Tensor]) -> str:
@@ -385,7 +390,8 @@ class CATSeg(Segmenter):
             InputError: unreadable image, bad classes, a threshold without a background class.
         """
         img = read_image_d2(image)  # Pillow decoding, as detectron2's read_image
-        vocab, plan = self.vocabulary(classes)
+        vocab, plan = self.vocabulary(classes) if classes is not None or self.classes is None else self.classes
+        background = self.background if background is None else background
         if background is not None:
             words = [w.strip() for w in background.split(",")] if isinstance(background, str) else list(background)
             vocab = vocab.with_background([w for w in words if w])
@@ -408,7 +414,7 @@ class CATSeg(Segmenter):
                 "clip_pretrained": self.cfg.clip_pretrained, "clip_resolution": self.net.clip_resolution,
                 "short_side": self.short_side, "max_long_side": self.max_long_side,
                 "sliding_window": self.sliding_window, "pooling_size": list(self.pooling_size),
-                "template": TEMPLATE}
+                "background": self.background, "template": TEMPLATE}
 
 
 def class_scores(word_scores: torch.Tensor, plan: WordPlan, num_classes: int) -> torch.Tensor:
@@ -417,14 +423,16 @@ def class_scores(word_scores: torch.Tensor, plan: WordPlan, num_classes: int) ->
     Raises:
         InputError: a class without any word.
     """
-    index = torch.tensor(plan.word_class, device=word_scores.device)
-    if len(plan.word_class) == num_classes and bool((index == torch.arange(num_classes, device=index.device)).all()):
+    word_class = list(plan.word_class)
+    if word_class == list(range(num_classes)):
         return word_scores
-    counts = torch.bincount(index, minlength=num_classes)
-    if bool((counts == 0).any()):
-        raise InputError(f"class {int((counts == 0).nonzero()[0])} has no word to score it")
-    out = word_scores.new_full((num_classes, *word_scores.shape[1:]), float("-inf"))
-    return out.index_reduce_(0, index, word_scores, "amax", include_self=True)
+    groups: list[list[int]] = [[] for _ in range(num_classes)]
+    for t, c in enumerate(word_class):
+        groups[c].append(t)
+    empty = next((c for c, g in enumerate(groups) if not g), None)
+    if empty is not None:
+        raise InputError(f"class {empty} has no word to score it")
+    return torch.stack([word_scores[g[0]] if len(g) == 1 else word_scores[g].amax(0) for g in groups])
 
 
 __all__ = ["CATSeg", "CATSegSettings", "PROTOCOLS", "Protocol", "TEMPLATE", "WordPlan", "class_scores",

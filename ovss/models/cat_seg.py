@@ -312,38 +312,72 @@ class SpatialAggregation(nn.Module):
 
 
 # --------------------------------------------------------------------------- class aggregation
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+@dataclass(frozen=True)
+class SharedTokens:
+    """``count`` identical extra key/value tokens every sequence attends to (the class
+    aggregation's padding: one learned token, the same at every pixel and in every view).
+
+    Attributes:
+        k, v: (H, D) the token's key and value, per head.
+        count: how many copies.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    count: int
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6,
+                     shared: SharedTokens | None = None) -> torch.Tensor:
     """Linear attention of "Transformers are RNNs" (Katharopoulos et al., ICML 2020) with the
-    feature map ``elu + 1`` (``LinearAttention``, ``model.py:256-286``, values divided by S and the
-    result multiplied back, as the official fp16 guard does).
+    feature map ``elu + 1`` (``LinearAttention``, ``model.py:256-286``: values divided by the
+    sequence length S and the result multiplied back, the official fp16 guard).
 
     Args:
-        q: (N, L, H, D) queries; k, v: (N, S, H, D) keys and values.
+        q: (N, L, H, D) queries; k, v: (N, S0, H, D) keys and values.
+        shared: tokens appended to every sequence's keys and values (S = S0 + count); their sums
+            are ``count`` times one token's, so they are not materialised (the official code
+            concatenates them: the same values up to float summation order).
 
     Returns:
         (N, L, H, D).
     """
     q = F.elu(q) + 1
     k = F.elu(k) + 1
-    s = v.size(1)
+    s = v.size(1) + (shared.count if shared is not None else 0)
     v = v / s
     kv = torch.einsum("nshd,nshv->nhdv", k, v)
-    z = 1 / (torch.einsum("nlhd,nhd->nlh", q, k.sum(dim=1)) + eps)
+    ksum = k.sum(dim=1)
+    if shared is not None and shared.count:
+        kp = F.elu(shared.k) + 1
+        kv = kv + shared.count * torch.einsum("hd,hv->hdv", kp, shared.v / s)
+        ksum = ksum + shared.count * kp
+    z = 1 / (torch.einsum("nlhd,nhd->nlh", q, ksum) + eps)
     return torch.einsum("nlhd,nhdv,nlh->nlhv", q, kv, z) * s
 
 
-def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   shared: SharedTokens | None = None) -> torch.Tensor:
     """Softmax attention (``FullAttention``, ``model.py:289-320``; ATTENTION_TYPE "full").
 
     Args:
-        q: (N, L, H, D); k, v: (N, S, H, D).
+        q: (N, L, H, D); k, v: (N, S0, H, D).
+        shared: tokens appended to every sequence (see :func:`linear_attention`), each weighted
+            ``count`` times in the softmax.
 
     Returns:
         (N, L, H, D).
     """
-    qk = torch.einsum("nlhd,nshd->nlsh", q, k)
-    a = torch.softmax(qk / q.size(3) ** 0.5, dim=2)
-    return torch.einsum("nlsh,nshd->nlhd", a, v)
+    scale = q.size(3) ** -0.5
+    qk = torch.einsum("nlhd,nshd->nlsh", q, k) * scale
+    if shared is None or not shared.count:
+        return torch.einsum("nlsh,nshd->nlhd", torch.softmax(qk, dim=2), v)
+    qp = torch.einsum("nlhd,hd->nlh", q, shared.k) * scale                  # (N, L, H)
+    m = torch.maximum(qk.amax(dim=2), qp)
+    w, wp = torch.exp(qk - m.unsqueeze(2)), torch.exp(qp - m)
+    z = w.sum(dim=2) + shared.count * wp
+    out = torch.einsum("nlsh,nshd->nlhd", w, v) + (shared.count * wp).unsqueeze(-1) * shared.v
+    return out / z.unsqueeze(-1)
 
 
 class ClassAttention(nn.Module):
@@ -367,42 +401,59 @@ class ClassAttention(nn.Module):
         self.k = nn.Linear(hidden_dim + guidance_dim, hidden_dim)
         self.v = nn.Linear(hidden_dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    def _qk(self, x: torch.Tensor, guidance: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        n, length, c = x.shape
+        if guidance is None:
+            return self.q(x), self.k(x)
+        if guidance.shape[0] == n:
+            xg = torch.cat([x, guidance], dim=-1)
+            return self.q(xg), self.k(xg)
+        b = guidance.shape[0]
+        q, k = ((F.linear(x, lin.weight[:, :c]).view(b, n // b, length, -1)
+                 + F.linear(guidance, lin.weight[:, c:], lin.bias).unsqueeze(1)).view(n, length, -1)
+                for lin in (self.q, self.k))
+        return q, k
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None,
+                shared: tuple[torch.Tensor, torch.Tensor | None, int] | None = None) -> torch.Tensor:
         """Attention over each sequence of classes.
 
         Args:
-            x: (N, L, C) one sequence of L classes per pixel.
+            x: (N, L, C) one (normalised) sequence of L classes per pixel.
             guidance: (N, L, Cg) as in the official code, or (B, L, Cg) with N = B * r: the
                 guidance of consecutive groups of r sequences (the pixels of one view share their
                 text guidance), whose projection is then computed once per group
                 (``Wq [x, g] + b = Wq_x x + (Wq_g g + b)``, the same values up to float
                 summation order); or None.
+            shared: (token (C,), its guidance (Cg,) or None, count): ``count`` copies of one more
+                token appended to every sequence as keys and values only (the padding; its own
+                outputs are never used).
 
         Returns:
             (N, L, C).
         """
         n, length, c = x.shape
-        v = self.v(x).view(n, length, self.nheads, -1)
-        if guidance is None:
-            q, k = self.q(x), self.k(x)
-        elif guidance.shape[0] == n:
-            xg = torch.cat([x, guidance], dim=-1)
-            q, k = self.q(xg), self.k(xg)
-        else:
-            b = guidance.shape[0]
-            q, k = ((F.linear(x, lin.weight[:, :c]).view(b, n // b, length, -1)
-                     + F.linear(guidance, lin.weight[:, c:], lin.bias).unsqueeze(1)).view(n, length, -1)
-                    for lin in (self.q, self.k))
+        q, k = self._qk(x, guidance)
         q, k = q.view(n, length, self.nheads, -1), k.view(n, length, self.nheads, -1)
-        out = linear_attention(q, k, v) if self.attention_type == "linear" else full_attention(q, k, v)
-        return out.reshape(n, length, c)
+        v = self.v(x).view(n, length, self.nheads, -1)
+        extra = None
+        if shared is not None and shared[2] > 0:
+            tok, g, count = shared
+            tg = torch.cat([tok, g]) if g is not None and guidance is not None else tok
+            extra = SharedTokens(self.k(tg).view(self.nheads, -1), self.v(tok).view(self.nheads, -1), int(count))
+        attend = linear_attention if self.attention_type == "linear" else full_attention
+        return attend(q, k, v, shared=extra).reshape(n, length, c)
 
 
 class ClassAggregation(nn.Module):
     """Class aggregation (``ClassTransformerLayer``, ``model.py:357-424``): per pixel, the sequence
-    of classes (padded to ``pad_len`` with learned tokens) goes through a pre-LN transformer layer
+    of classes (padded to ``pad_len`` with a learned token) goes through a pre-LN transformer layer
     (guided class attention, then a ReLU MLP of ratio 4); the padding is dropped and the result
     is added to the layer input (so the input enters twice: ``x + (x + A + MLP)``).
+
+    The padding token is the same at every pixel and in every view, and its own outputs are
+    dropped: it enters the attention as ``pad_len - T`` shared keys and values
+    (:class:`SharedTokens`) instead of being concatenated to every sequence.
 
     Args:
         hidden_dim: channels of the cost embedding.
@@ -428,13 +479,41 @@ class ClassAggregation(nn.Module):
         self.padding_guidance = (nn.Parameter(torch.zeros(1, 1, guidance_dim))
                                  if pad_len > 0 and guidance_dim > 0 else None)
 
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pooling_size == (1, 1):
+            return x
+        b, c, t, h, w = x.shape
+        y = F.avg_pool2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.pooling_size)
+        return y.reshape(b, t, c, *y.shape[-2:]).transpose(1, 2)
+
+    def _unpool(self, seq: torch.Tensor, b: int, hp: int, wp: int, h: int, w: int) -> torch.Tensor:
+        """(B*hp*wp, T, C) -> bilinear (align_corners=True) back to (h, w) -> (B, C, T, h, w)."""
+        t, c = seq.shape[1:]
+        y = seq.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2).reshape(b * t, c, hp, wp)
+        if self.pooling_size != (1, 1):  # an identity at (1, 1): same size, align_corners=True
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True)
+        return y.reshape(b, t, c, h, w).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
         """x: (B, C, T, H, W); guidance: (B, T, Cg) or None -> (B, C, T, H, W)."""
         b, c, t, h, w = x.shape
-        x_pool = x
-        if self.pooling_size != (1, 1):
-            x_pool = F.avg_pool2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.pooling_size)
-            x_pool = x_pool.reshape(b, t, c, *x_pool.shape[-2:]).transpose(1, 2)
+        x_pool = self._pool(x)
+        hp, wp = x_pool.shape[-2:]
+        seq = x_pool.permute(0, 3, 4, 2, 1).reshape(b * hp * wp, t, c)
+        shared = None
+        if self.padding_tokens is not None and t < self.pad_len:
+            g = self.padding_guidance.view(-1) if self.padding_guidance is not None else None
+            shared = (self.norm1(self.padding_tokens.view(-1)), g, self.pad_len - t)
+        # the guidance stays (B, T, Cg): ClassAttention broadcasts it over the pixels (model.py:410 repeats it)
+        seq = seq + self.attention(self.norm1(seq), guidance, shared)
+        seq = seq + self.MLP(self.norm2(seq))
+        return x + self._unpool(seq, b, hp, wp, h, w)
+
+    def forward_official(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+        """``model.py:387-424`` verbatim in its arithmetic (padding concatenated to every sequence,
+        guidance repeated per pixel), for tests of :meth:`forward`."""
+        b, c, t, h, w = x.shape
+        x_pool = self._pool(x)
         hp, wp = x_pool.shape[-2:]
         pad = self.pad_len - t if self.padding_tokens is not None and t < self.pad_len else 0
         if pad:
@@ -443,14 +522,10 @@ class ClassAggregation(nn.Module):
         if guidance is not None:
             if pad and self.padding_guidance is not None:
                 guidance = torch.cat([guidance, self.padding_guidance.expand(b, pad, -1)], dim=1)
-            # model.py:410 repeats it for every pixel; ClassAttention broadcasts it instead
+            guidance = guidance.repeat_interleave(hp * wp, dim=0)
         seq = seq + self.attention(self.norm1(seq), guidance)
         seq = seq + self.MLP(self.norm2(seq))
-        seq = seq.reshape(b, hp, wp, t + pad, c).permute(0, 3, 4, 1, 2).reshape(b * (t + pad), c, hp, wp)
-        if (hp, wp) != (h, w) or self.pooling_size != (1, 1):
-            seq = F.interpolate(seq, size=(h, w), mode="bilinear", align_corners=True)
-        x_pool = seq.reshape(b, t + pad, c, h, w).transpose(1, 2)[:, :, :t]
-        return x + x_pool
+        return x + self._unpool(seq, b, hp, wp, h, w)[:, :, :t]
 
 
 class AggregatorLayer(nn.Module):
