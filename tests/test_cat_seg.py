@@ -67,7 +67,7 @@ def case(request, files, cs_dir):
     run = s.run
 
     def spy(*args, **kwargs):
-        caught.update(run(*args, **kwargs))
+        caught.update(run(*args, **{**kwargs, "intermediates": True}))
         return caught
 
     s.run = spy
@@ -181,6 +181,15 @@ def test_decoder_and_class_attention_shortcuts_equal_official_arithmetic():
             assert (ours - official).abs().max() <= 1e-6 * official.abs().max() * 10, (kind, pool)
 
 
+def test_chunked_merge_equals_whole_merge():
+    from ovss.models.cat_seg import merge_sliding_window, postprocess, sliding_window_scores
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, 96, 96)
+    whole = postprocess(merge_sliding_window(logits), (640, 640), (300, 451))
+    assert torch.equal(sliding_window_scores(logits, (300, 451), chunk=3), whole)
+
+
 def test_more_classes_than_pad_len_keeps_the_best_ones():
     # model.py:693-723: with T > pad_len each view keeps the pad_len classes of highest cost; the
     # others get logit -100, the kept ones exactly what the network gives on those classes alone
@@ -217,6 +226,13 @@ def test_other_photo_classes_background_threshold_and_permutation(seg):
     assert plain.logits.shape == (4, 400, 600) and plain.logits.dtype == torch.float32
     assert plain.labels.shape == (400, 600) and int(plain.labels.max()) <= 3
     assert 0 < float(plain.logits.min()) and float(plain.logits.max()) < 1
+    # classes a few at a time (the default, bounded memory) or all at once: the same values
+    seg.net.transformer.class_chunk = 0
+    try:
+        whole = seg.predict(photo, "wall, floor, cup, table")
+    finally:
+        seg.net.transformer.class_chunk = 16
+    assert (whole.logits - plain.logits).abs().max() <= 1e-6
     # permuting the classes permutes the channels (the class attention is order-free)
     perm = seg.predict(photo, "table, wall, cup, floor")
     assert (plain.logits[[3, 0, 2, 1]] - perm.logits).abs().max() <= 1e-5

@@ -29,7 +29,8 @@ from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..imageio import ImageInput, d2_resize, read_image_d2
 from ..importers.cat_seg import (CLIP_VARIANTS, CATSegSettings, build_catseg, clip_shape, clip_variant,
                                  read_checkpoint, resolve_config)
-from ..models.cat_seg import CATSegNet, merge_sliding_window, postprocess, sliding_window_views
+from ..models.cat_seg import (CATSegNet, merge_sliding_window, postprocess, sliding_window_scores,
+                              sliding_window_views)
 from ..segmenter import SegmentationResult, Segmenter, check_test_size
 from ..text import class_embeddings
 from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file, parse_classes
@@ -339,7 +340,7 @@ class CATSeg(Segmenter):
 
     @torch.no_grad()
     def run(self, image: np.ndarray, ori_size: tuple[int, int], plan: WordPlan,
-            sliding_window: bool | None = None) -> dict[str, Any]:
+            sliding_window: bool | None = None, intermediates: bool = True) -> dict[str, Any]:
         """Full pipeline on an already resized image, with every intermediate.
 
         Args:
@@ -347,6 +348,8 @@ class CATSeg(Segmenter):
             ori_size: (H, W) output size.
             plan: the words the network scores (:class:`WordPlan`).
             sliding_window: the test-time scheme (default: the segmenter's).
+            intermediates: keep every intermediate (else only ``sem_seg``, ``views``, ``logits``
+                and ``text_embeds``, computed a chunk of classes at a time: less memory).
 
         Returns:
             ``text_embeds`` (T, E); ``views`` (V, 3, R, R) CLIP inputs; the network's intermediates
@@ -358,12 +361,16 @@ class CATSeg(Segmenter):
         text = self.text_embeddings(plan.words)
         x = self.image_tensor(image)
         res: dict[str, Any] = {"text_embeds": text[:, 0]}
+        keep = res if intermediates else None
         r = self.net.clip_resolution
         if sliding:
             views = sliding_window_views(x, self.pixel_mean, self.pixel_std, r)
-            logits = self.net(views, text, res)
-            res["scores640"] = merge_sliding_window(logits)
-            res["sem_seg"] = postprocess(res["scores640"], res["scores640"].shape[-2:], ori_size)
+            logits = self.net(views, text, keep)
+            if intermediates:
+                res["scores640"] = merge_sliding_window(logits)
+                res["sem_seg"] = postprocess(res["scores640"], res["scores640"].shape[-2:], ori_size)
+            else:
+                res["sem_seg"] = sliding_window_scores(logits, ori_size)
         else:
             # CATSeg.forward (cat_seg_model.py:141-184): pad to SIZE_DIVISIBILITY, squash to CLIP's input,
             # sem_seg_postprocess crops the 4h' x 4w' map to the input size (a no-op unless it is smaller)
@@ -372,7 +379,7 @@ class CATSeg(Segmenter):
             padded = x.new_zeros(1, 3, (h + d - 1) // d * d, (w + d - 1) // d * d)
             padded[0, :, :h, :w] = (x - self.pixel_mean) / self.pixel_std
             views = F.interpolate(padded, size=(r, r), mode="bilinear", align_corners=False)
-            logits = self.net(views, text, res)
+            logits = self.net(views, text, keep)
             res["sem_seg"] = postprocess(logits[0].sigmoid(), (int(h), int(w)), ori_size)
         res.update(views=views, logits=logits)
         return res
@@ -399,7 +406,7 @@ class CATSeg(Segmenter):
         if prob_threshold is not None and vocab.background is None:
             raise InputError("prob_threshold needs a background class: pass background=... (e.g. 'background')")
         resized = d2_resize(img, self.short_side, self.max_long_side)
-        res = self.run(resized, (img.shape[0], img.shape[1]), plan)
+        res = self.run(resized, (img.shape[0], img.shape[1]), plan, intermediates=False)
         scores = class_scores(res["sem_seg"], plan, len(vocab)).float()
         labels = scores.argmax(0)
         if prob_threshold is not None:

@@ -298,17 +298,35 @@ class SpatialAggregation(nn.Module):
         self.block_2 = GuidedSwinBlock(**kw, shift_size=window_size // 2)
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, C, T, H, W); guidance: (B, Cg, H, W) or None -> (B, C, T, H, W)."""
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None, chunk: int = 0) -> torch.Tensor:
+        """Both blocks on every class's map.
+
+        Args:
+            x: (B, C, T, H, W) cost embedding.
+            guidance: (B, Cg, H, W) appearance guidance, or None.
+            chunk: run this many classes at a time (0: all); the blocks see each class's map on
+                its own, so this bounds the memory without changing the values.
+
+        Returns:
+            (B, C, T, H, W).
+        """
         b, c, t, h, w = x.shape
-        x = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)
         if guidance is not None:
             # model.py:249 repeats the guidance over T before the LayerNorm; a LayerNorm per token
             # gives the same values, and the blocks broadcast it over the classes
             guidance = self.guidance_norm(guidance.flatten(2).transpose(1, 2))
-        x = self.block_1(x, guidance)
-        x = self.block_2(x, guidance)
-        return x.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        step = chunk if chunk > 0 else t
+        out = torch.empty_like(x) if step < t else None
+        for t0 in range(0, t, step):
+            part = x[:, :, t0:t0 + step]
+            tc = part.shape[2]
+            y = part.permute(0, 2, 3, 4, 1).reshape(b * tc, h * w, c)
+            y = self.block_2(self.block_1(y, guidance), guidance)
+            y = y.reshape(b, tc, h, w, c).permute(0, 4, 1, 2, 3)
+            if out is None:
+                return y
+            out[:, :, t0:t0 + step] = y
+        return out
 
 
 # --------------------------------------------------------------------------- class aggregation
@@ -494,9 +512,22 @@ class ClassAggregation(nn.Module):
             y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True)
         return y.reshape(b, t, c, h, w).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, C, T, H, W); guidance: (B, T, Cg) or None -> (B, C, T, H, W)."""
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor | None, per_view: bool = False) -> torch.Tensor:
+        """The layer on every pixel's sequence of classes.
+
+        Args:
+            x: (B, C, T, H, W) cost embedding.
+            guidance: (B, T, Cg) text guidance, or None.
+            per_view: run one view at a time (each pixel's sequence is computed on its own: the
+                same values, less memory).
+
+        Returns:
+            (B, C, T, H, W).
+        """
         b, c, t, h, w = x.shape
+        if per_view and b > 1:
+            return torch.cat([self(x[i:i + 1], guidance[i:i + 1] if guidance is not None else None)
+                              for i in range(b)])
         x_pool = self._pool(x)
         hp, wp = x_pool.shape[-2:]
         seq = x_pool.permute(0, 3, 4, 2, 1).reshape(b * hp * wp, t, c)
@@ -662,6 +693,9 @@ class Aggregator(nn.Module):
         self.decoder2 = Up(in_channels=cfg.decoder_dims[0], out_channels=cfg.decoder_dims[1],
                            guidance_channels=cfg.decoder_guidance_proj_dims[1])
         self.head = nn.Conv2d(cfg.decoder_dims[1], 1, kernel_size=3, stride=1, padding=1)
+        #: classes run through the Swin blocks and the decoder at a time, and the class aggregation
+        #: one view at a time when > 0 (bounded memory, the same values); 0: all at once
+        self.class_chunk = 16
 
     @staticmethod
     def correlation(img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
@@ -685,18 +719,31 @@ class Aggregator(nn.Module):
         return x.reshape(b, t, -1, h, w).transpose(1, 2)
 
     def conv_decoder(self, x: torch.Tensor, guidance: Sequence[torch.Tensor | None],
-                     out: dict[str, Any] | None = None) -> torch.Tensor:
-        """(B, C, T, H, W) -> two guided x2 stages -> ``head`` -> (B, T, 4H, 4W) logits (``model.py:674-681``)."""
+                     out: dict[str, Any] | None = None, chunk: int = 0) -> torch.Tensor:
+        """(B, C, T, H, W) -> two guided x2 stages -> ``head`` -> (B, T, 4H, 4W) logits (``model.py:674-681``).
+
+        Args:
+            chunk: decode this many classes at a time (0: all); every class is decoded on its
+                own, so this bounds the memory (the 4H x 4W feature maps) without changing the values.
+            out: when a dict, ``decoder1`` / ``decoder2`` (B, T, C', 2H, 2W) / (B, T, C'', 4H, 4W) are kept.
+        """
         b, c, t, h, w = x.shape
-        y = x.transpose(1, 2).reshape(b * t, c, h, w)
-        y = self.decoder1(y, guidance[0])
+        step = chunk if chunk > 0 else t
+        logits, dec1, dec2 = [], [], []
+        for t0 in range(0, t, step):
+            part = x[:, :, t0:t0 + step]
+            tc = part.shape[2]
+            y = self.decoder1(part.transpose(1, 2).reshape(b * tc, c, h, w), guidance[0])
+            if out is not None:
+                dec1.append(y.reshape(b, tc, *y.shape[1:]))
+            y = self.decoder2(y, guidance[1])
+            if out is not None:
+                dec2.append(y.reshape(b, tc, *y.shape[1:]))
+            y = self.head(y)
+            logits.append(y.reshape(b, tc, *y.shape[-2:]))
         if out is not None:
-            out["decoder1"] = y.reshape(b, t, *y.shape[1:])
-        y = self.decoder2(y, guidance[1])
-        if out is not None:
-            out["decoder2"] = y.reshape(b, t, *y.shape[1:])
-        y = self.head(y)
-        return y.reshape(b, t, *y.shape[-2:])
+            out["decoder1"], out["decoder2"] = torch.cat(dec1, dim=1), torch.cat(dec2, dim=1)
+        return torch.cat(logits, dim=1)
 
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor, guidance: Sequence[torch.Tensor],
                 out: dict[str, Any] | None = None) -> torch.Tensor:
@@ -741,13 +788,13 @@ class Aggregator(nn.Module):
             out.update(corr=corr, corr_embed=x, appearance_guidance=app_guidance, text_guidance=text_guidance,
                        decoder_guidance=dec_guidance, classes=classes, layers=[])
         for layer in self.layers:
-            x = layer.swin_block(x, app_guidance)
+            x = layer.swin_block(x, app_guidance, self.class_chunk)
             if out is not None:
                 out["layers"].append({"swin": x})
-            x = layer.attention(x, text_guidance)
+            x = layer.attention(x, text_guidance, per_view=self.class_chunk > 0)
             if out is not None:
                 out["layers"][-1]["class"] = x
-        logits = self.conv_decoder(x, dec_guidance, out)
+        logits = self.conv_decoder(x, dec_guidance, out, self.class_chunk)
         if classes is not None:
             full = logits.new_full((logits.size(0), t_all, *logits.shape[-2:]), -100.0)
             full.scatter_(1, classes[..., None, None].expand(-1, -1, *logits.shape[-2:]), logits)
@@ -871,6 +918,26 @@ def merge_sliding_window(logits: torch.Tensor, kernel: int = WINDOW, overlap: fl
     count = F.fold(F.unfold(ones, kernel_size=kernel, stride=stride), (out_res, out_res), kernel_size=kernel,
                    stride=stride)
     return ((folded / count + whole) / 2.0)[0]
+
+
+def sliding_window_scores(logits: torch.Tensor, output_size: tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """:func:`merge_sliding_window` then :func:`postprocess` to ``output_size``, a chunk of classes
+    at a time (every class is merged on its own: the same values, bounded memory).
+
+    Args:
+        logits: (L + 1, T, h, w) logits of the sliding-window views.
+        output_size: (H, W).
+
+    Returns:
+        (T, H, W) class probabilities.
+    """
+    t = logits.shape[1]
+    out = logits.new_empty((t, *output_size))
+    step = chunk if chunk > 0 else t
+    for t0 in range(0, t, step):
+        merged = merge_sliding_window(logits[:, t0:t0 + step])
+        out[t0:t0 + step] = postprocess(merged, merged.shape[-2:], output_size)
+    return out
 
 
 def postprocess(scores: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
