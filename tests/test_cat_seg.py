@@ -260,6 +260,52 @@ def test_whole_image_path_runs(files):
     assert torch.equal(out["views"][0, :, -1, -1], torch.zeros(3))
 
 
+def _official_layout(clip_sd: dict, agg_sd: dict, width: int) -> dict:
+    """A CAT-Seg state dict in the official checkpoint layout (random upsamplers)."""
+    sd = {}
+    for k, v in clip_sd.items():
+        if k.endswith("attn.in_proj_weight"):
+            for name, part in zip("qkv", v.chunk(3, 0)):
+                sd[f"sem_seg_head.predictor.clip_model.{k[:-len('in_proj_weight')]}{name}_proj_weight"] = part.clone()
+        else:
+            sd[f"sem_seg_head.predictor.clip_model.{k}"] = v
+    sd.update({f"sem_seg_head.predictor.transformer.{k}": v for k, v in agg_sd.items()})
+    for name, (cout, k) in {"upsample1": (256, 2), "upsample2": (128, 4)}.items():
+        sd[f"{name}.weight"] = torch.randn(width, cout, k, k) * 0.05
+        sd[f"{name}.bias"] = torch.zeros(cout)
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def test_vit_l_layout_runs(cs_dir, tmp_path):
+    # CLIP_PRETRAINED "ViT-L/14@336px": 336-pixel CLIP input (the 384-pixel views resized), patch 14
+    # (a 24 x 24 grid), guidance from blocks 7 and 15 (cat_seg_model.py:78-87); a random tiny model
+    import ovss
+    from safetensors.torch import save_file
+
+    from ovss.backbones.clip import load_clip
+    from ovss.models.cat_seg import Aggregator, CATSegConfig
+
+    cfg = json.loads((cs_dir / "tiny_clip_catseg.json").read_text())
+    cfg["vision_cfg"].update(image_size=336, patch_size=14, layers=17)
+    (tmp_path / "tiny_l14.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    clip = load_clip(str(tmp_path / "tiny_l14.json"), None).model
+    arch = CATSegConfig(text_guidance_dim=64, text_guidance_proj_dim=32, appearance_guidance_dim=64,
+                        appearance_guidance_proj_dim=32, decoder_dims=(32, 16), decoder_guidance_proj_dims=(16, 8),
+                        hidden_dim=32)
+    save_file(_official_layout(clip.state_dict(), Aggregator(config=arch).state_dict(), 128),
+              str(tmp_path / "l14.safetensors"))
+    (tmp_path / "l14.json").write_text(json.dumps({"MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED": "ViT-L/14@336px",
+                                                   "MODEL.SEM_SEG_HEAD.HIDDEN_DIMS": 32}))
+    s = ovss.create_segmenter("cat_seg", model=str(tmp_path / "tiny_l14.json"),
+                              checkpoint=str(tmp_path / "l14.safetensors"), config=str(tmp_path / "l14.json"))
+    assert s.net.clip_resolution == 336 and s.net.hook_layers == (7, 15)
+    out = s.run(np.zeros((64, 80, 3), np.uint8), (64, 80), s.vocabulary("cat, dog")[1])
+    assert out["views"].shape == (5, 3, 336, 336) and out["clip_dense"].shape == (5, 577, 64)
+    assert out["res4"].shape == (5, 256, 48, 48) and out["logits"].shape == (5, 2, 96, 96)
+    assert out["sem_seg"].shape == (2, 64, 80) and bool(torch.isfinite(out["sem_seg"]).all())
+
+
 # ---------------------------------------------------------------------- importer
 def test_importer_converts_the_official_layout(cs_dir, seg):
     from safetensors.torch import load_file

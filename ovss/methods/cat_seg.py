@@ -225,7 +225,7 @@ class CATSeg(Segmenter):
     def __init__(self, model: str | None = None, pretrained: str | None = None, *,
                  checkpoint: str | Path | None = None, config: str | Path | None = None,
                  dataset: str | None = None, device: str | torch.device = "cpu", short_side: int | None = None,
-                 max_long_side: int | None = None, sliding_window: bool | None = None,
+                 max_long_side: int | None = None, sliding_window: bool = True,
                  pooling_size: int | tuple[int, int] | list[int] | None = None, classes: ClassesInput | None = None,
                  background: list[str] | str | None = None, use_cache: bool = True) -> None:
         super().__init__(device)
@@ -262,8 +262,8 @@ class CATSeg(Segmenter):
         default_long = self.protocol.max_long_side if self.protocol else self.cfg.max_size_test
         self.short_side = int(short_side or default_short)
         self.max_long_side = int(max_long_side or default_long)
-        self.sliding_window = (self.protocol.sliding_window if self.protocol else True) \
-            if sliding_window is None else bool(sliding_window)
+        # every protocol (eval.sh) sets TEST.SLIDING_WINDOW True; False is the official whole-image path
+        self.sliding_window = bool(sliding_window)
         self.pooling_size = pool
         mean = torch.tensor(self.cfg.clip_pixel_mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.cfg.clip_pixel_std, dtype=torch.float32).view(-1, 1, 1)
