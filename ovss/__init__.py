@@ -3,13 +3,13 @@
     import ovss
     seg = ovss.create_segmenter("sclip", model="ViT-B-16", pretrained="openai")
     res = seg.predict("street.jpg", classes=["car", "road", "tree"])
-    res.logits  # (C, H, W) float32
+    res.scores  # (C, H, W) float32 on the CPU (res.score_kind says what they are)
     res.labels  # (H, W) int64
 """
 
 from .errors import DatasetError, InputError, ModelLoadError, OvssError, UnknownNameError
 from .registry import available_methods, create_segmenter, method_info
-from .segmenter import SegmentationResult, Segmenter
+from .segmenter import Capabilities, SegmentationResult, Segmenter
 from .vocabulary import Vocabulary, parse_classes
 
 __version__ = "0.1.0"
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DatasetError", "InputError", "ModelLoadError", "OvssError", "UnknownNameError",
     "available_methods", "create_segmenter", "method_info",
-    "SegmentationResult", "Segmenter", "Vocabulary", "parse_classes", "__version__",
+    "Capabilities", "SegmentationResult", "Segmenter", "Vocabulary", "parse_classes", "__version__",
 ]

@@ -10,7 +10,7 @@ Errors from bad input are printed as one line and exit with status 2.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError, OvssError
+from .options import FALSE_WORDS, TRUE_WORDS, parse_option_tokens
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Open-vocabulary semantic segmentation: label every pixel with the class names you type.")
@@ -48,19 +49,16 @@ def _takes_value(flag: str, nxt: str, flags: set[str]) -> bool:
     ``flag`` is boolean and ``nxt`` is no boolean word (``--panoptic photo.jpg``)."""
     if nxt.startswith("--"):
         return False
-    return flag[2:].replace("-", "_") not in flags or nxt.lower() in _BOOL_WORDS
+    return flag[2:].replace("-", "_") not in flags or nxt.lower() in TRUE_WORDS + FALSE_WORDS
 
 
-_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on"), ("false", "no", "off")
-_BOOL_WORDS = _TRUE_WORDS + _FALSE_WORDS
-
-
-def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[str], dict[str, Any]]:
+def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[str], dict[str, str]]:
     """Separate positional tokens from unknown ``--name value`` options (method options).
 
     click hands unknown options to the variadic IMAGES argument; each ``--name`` takes the next
     token as its value unless that token is another option, or ``name`` is one of the boolean
-    ``flags`` and the token is not a boolean word.
+    ``flags`` and the token is not a boolean word. Values stay text: the method's declared types
+    parse them (:func:`ovss.registry.parse_options`).
     """
     positional: list[str] = []
     options: list[str] = []
@@ -76,132 +74,7 @@ def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[
         else:
             positional.append(t)
         i += 1
-    return positional, parse_extra(options)
-
-
-def parse_extra(args: list[str]) -> dict[str, Any]:
-    """``["--proxy-model", "x", "--residual", "false"]`` -> ``{"proxy_model": "x", "residual": False}``.
-
-    Raises:
-        InputError: an item that is not ``--name value`` / ``--name=value`` / ``--flag``.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--") or len(a) < 3:
-            raise InputError(f"unexpected argument {a!r}; method options go as --name value")
-        if "=" in a:
-            key, value = a[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            key, value = a[2:], args[i + 1]
-            i += 2
-        else:
-            key, value = a[2:], "true"
-            i += 1
-        out[key.replace("-", "_")] = _convert(value)
-    return out
-
-
-def _convert(v: str) -> Any:
-    low = v.lower()
-    if low in _TRUE_WORDS:
-        return True
-    if low in _FALSE_WORDS:
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    if "," in v and all(p.strip().lstrip("-").isdigit() for p in v.split(",")):
-        return [int(p) for p in v.split(",")]
-    return v
-
-
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        stem = p.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
-    return out
-
-
-def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str, Any]) -> None:
-    """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` for one result."""
-    from .visualize import label_image, overlay, palette
-
-    labels = res.labels_numpy()
-    colors = palette(len(res.classes), res.background)
-    label_image(labels, colors).save(out_dir / f"{stem}_labels.png")
-    panoptic = res.extras.get("panoptic")
-    if isinstance(panoptic, dict) and "panoptic_seg" in panoptic:
-        write_panoptic(out_dir / f"{stem}_panoptic.png", rgb, panoptic, res.classes)
-        write_panoptic_ids(out_dir / f"{stem}_panoptic_ids.png", panoptic["panoptic_seg"])
-    overlay(rgb, labels, res.classes, colors, background=res.background).save(out_dir / f"{stem}_overlay.png")
-    share = res.pixel_share()
-    report = {
-        **extra,
-        "classes": res.classes,
-        "background": res.background,
-        "pixel_share": share,
-        "palette": {name: [int(c) for c in col] for name, col in zip(res.classes, colors)},
-        "settings": res.settings,
-        "extras": {k: _to_json(v) for k, v in res.extras.items() if _jsonable(_to_json(v))},
-    }
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
-
-
-def write_panoptic(path: Path, rgb: Any, panoptic: dict[str, Any], classes: list[str]) -> None:
-    """Overlay of a panoptic result: one colour per segment (instance colours), legend by segment."""
-    import numpy as np
-
-    from .visualize import overlay, palette
-
-    ids = np.asarray(panoptic["panoptic_seg"])
-    segments = list(panoptic.get("segments", []))
-    seg_ids = [int(s["id"]) for s in segments]
-    index = np.zeros(ids.shape, np.int64)  # 0: no segment
-    for k, sid in enumerate(seg_ids, start=1):
-        index[ids == sid] = k
-    names = ["void"] + [f"{classes[int(s['category_id'])]}" + (f" #{k}" if s.get("isthing") else "")
-                        for k, s in enumerate(segments, start=1)]
-    overlay(rgb, index, names, palette(len(names), 0), background=0).save(path)
-
-
-def write_panoptic_ids(path: Path, ids: Any) -> None:
-    """The panoptic id map in the COCO panoptic PNG encoding (``id = R + 256 G + 256^2 B``; 0: no
-    segment), the ids of the JSON report's ``extras.panoptic.segments``."""
-    from PIL import Image
-
-    from .data.datasets import id2rgb
-
-    Image.fromarray(id2rgb(ids)).save(path)
-
-
-def _to_json(v: Any) -> Any:
-    """Drop tensors from nested extras (label maps go to PNGs), keep the rest."""
-    import torch
-
-    if isinstance(v, dict):
-        return {k: _to_json(x) for k, x in v.items() if not isinstance(x, torch.Tensor)}
-    if isinstance(v, (list, tuple)):
-        return [_to_json(x) for x in v]
-    return v
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False
+    return positional, parse_option_tokens(options)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -233,21 +106,22 @@ def segment(
     def work() -> None:
         from tqdm import tqdm
 
-        from .imageio import list_images, load_image
-        from .registry import create_segmenter, flag_options, method_info
-        from .segmenter import image_id_kwargs
+        from .imageio import list_images
+        from .outputs import unique_stems, write_outputs
+        from .registry import create_segmenter, method_class, parse_options
 
-        method_info(method)
-        paths, opts = split_extra([str(p) for p in images] + list(ctx.args), flag_options(method))
+        cls = method_class(method)
+        flags = {name for name, spec in cls.options().items() if spec.is_flag}
+        paths, text_opts = split_extra([str(p) for p in images] + list(ctx.args), flags)
         if not paths:
             raise InputError("give at least one image file or folder")
         files = list_images(paths)
-        for name, value in (("short_side", short_side), ("crop", crop), ("stride", stride),
+        for name, value in (("model", model), ("pretrained", pretrained), ("dataset", dataset), ("device", device),
+                            ("short_side", short_side), ("crop", crop), ("stride", stride),
                             ("precision", precision), ("batch_size", batch_size)):
             if value is not None:
-                opts[name] = value
-        if background is not None:
-            opts["background"] = background
+                text_opts[name] = str(value)
+        opts = parse_options(method, text_opts, from_text=True)
         vocab = None
         if classes is not None:
             from .vocabulary import parse_classes
@@ -256,27 +130,26 @@ def segment(
         elif dataset is None:
             raise InputError("give the classes to look for with --classes \"cat, sofa, window\" "
                              "(or a class file), or --dataset for a benchmark's class names")
+        if background is not None and not cls.capabilities.background:
+            raise InputError(f"{method} scores no background words (it has no background class): drop --background")
         output.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        for name, value in (("model", model), ("pretrained", pretrained)):
-            if value is not None:
-                opts[name] = value
         with console.status(f"loading {method}"):
-            seg = create_segmenter(method, dataset=dataset, device=device, **opts)
+            seg = create_segmenter(method, **opts)
         load_s = time.perf_counter() - t0
-        stems = _unique_stems(files)
-        # decode the next image and write the last results while the model runs
+        stems = unique_stems(files)
+        # decode the next image (with the method's own decoder) and write the last results while the model runs
         with ThreadPoolExecutor(max_workers=2) as pool:
-            pending = pool.submit(load_image, files[0])
+            pending = pool.submit(seg.read_image, files[0])
             writes = []
             for i, path in enumerate(tqdm(files, desc="segmenting", unit="img", file=sys.stderr,
                                           disable=len(files) < 2)):
                 rgb = pending.result()
                 if i + 1 < len(files):
-                    pending = pool.submit(load_image, files[i + 1])
+                    pending = pool.submit(seg.read_image, files[i + 1])
                 t1 = time.perf_counter()
-                res = seg.predict(rgb, vocab, prob_threshold=prob_threshold,
-                                  **image_id_kwargs(seg, path.stem))
+                res = seg.predict(rgb, vocab, background=background, prob_threshold=prob_threshold,
+                                  image_id=path.stem)
                 info = {"image": str(path), "size": [int(rgb.shape[0]), int(rgb.shape[1])],
                         "seconds": round(time.perf_counter() - t1, 3), "load_seconds": round(load_s, 3)}
                 writes.append(pool.submit(write_outputs, output, stems[i], rgb, res, info))
@@ -291,7 +164,7 @@ def segment(
 @app.command()
 def methods(name: Optional[str] = typer.Argument(None, help="A method: show its protocols and options.")) -> None:
     """List the available methods with their paper; with a NAME, its official protocols and options."""
-    from .registry import available_methods, method_class, method_info, method_options
+    from .registry import available_methods, method_class, method_info
 
     if name is None:
         table = Table(title="ovss methods (ovss methods NAME: its protocols and options)")
@@ -305,23 +178,102 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method: show its 
         return
 
     def show() -> None:
+        from .segmenter import SCORE_KINDS
+
         info = method_info(name)
-        datasets = method_class(name).datasets()
-        options = method_options(name) or {}
+        cls = method_class(name)
+        options = cls.options()
+        cap = cls.capabilities
         out = Console()
         out.print(f"[bold]{name}[/]: {info.paper}\n{info.summary}\n")
-        out.print(f"official protocols (--dataset): {', '.join(datasets) or 'none'}\n")
+        out.print(f"scores: {cap.score_kind} ({SCORE_KINDS[cap.score_kind]})")
+        able = [k for k, v in (("background words", cap.background), ("prob_threshold", cap.prob_threshold),
+                               ("panoptic output", cap.panoptic), ("instance output", cap.instance),
+                               ("per-image ids", cap.image_id), ("tiled huge photos", cap.tiling),
+                               ("ovss train", cap.trainable)) if v]
+        out.print(f"capabilities: {', '.join(able) or 'none'}; decodes files with {cap.decoder}; precisions "
+                  f"{', '.join(cap.precisions)}" + ("" if cap.class_order_invariant else
+                                                  "; scores depend on the class order (see the class docstring)"))
+        table = Table(title="official protocols (--dataset)")
+        table.add_column("dataset", style="bold")
+        table.add_column("settings")
+        table.add_column("source")
+        for ds in cls.datasets():
+            row = cls.protocols.get(ds).as_dict()
+            source = row.pop("source", "")
+            row.pop("dataset", None)
+            shown = {k: v for k, v in row.items() if not isinstance(v, (list, dict)) or len(v) <= 4}
+            table.add_row(ds, ", ".join(f"{k}={v}" for k, v in shown.items()), source)
+        out.print(table)
         table = Table(title="options (--name value on the command line)")
         table.add_column("option", style="bold")
+        table.add_column("type")
         table.add_column("default")
-        for opt, p in options.items():
-            if opt in ("clip", "classes"):
-                continue  # Python-only
-            default = "required" if p.default is p.empty else repr(p.default)
-            table.add_row("--" + opt.replace("_", "-"), default)
+        for opt, spec in options.items():
+            if opt in ("clip", "classes", "background"):
+                continue  # Python-only, or their own CLI flags
+            default = "required" if spec.required else repr(spec.default)
+            table.add_row("--" + opt.replace("_", "-"), spec.describe(), default)
         out.print(table)
 
     run_cli(show)
+
+
+@app.command()
+def demo(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: $GRADIO_SERVER_PORT or the first free "
+                                                 "port from 7860)."),
+    share: bool = typer.Option(False, "--share", help="Also open a public gradio.live link (needs internet)."),
+    model: str = typer.Option("ViT-B-16", help="Default backbone: open_clip model name or model-config JSON."),
+    pretrained: Optional[str] = typer.Option("openai", help="Default pretrained tag or local checkpoint file."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    method: str = typer.Option("sclip", "--method", "-m", help="Method selected when the page opens."),
+    concurrency: int = typer.Option(1, help="Requests that run at the same time (others wait in the queue)."),
+    max_queue: int = typer.Option(16, help="Requests that may wait in the queue; more are turned away."),
+    max_models: int = typer.Option(2, help="Models kept loaded between requests (least recently used go)."),
+    max_megapixels: float = typer.Option(40.0, help="Largest photo accepted, in megapixels."),
+    lock_model: bool = typer.Option(False, "--lock-model",
+                                    help="Visitors cannot change model, weights, device or method "
+                                         "options (advisable with --share or a public --host)."),
+) -> None:
+    """Start the web demo: drop a photo, type class names, see the segmentation."""
+    def work() -> None:
+        from .errors import InputError
+        from .registry import method_info
+
+        method_info(method)
+        for name, value in (("concurrency", concurrency), ("max-queue", max_queue), ("max-models", max_models)):
+            if value < 1:
+                raise InputError(f"--{name} must be at least 1, got {value}")
+        if max_megapixels <= 0:
+            raise InputError(f"--max-megapixels must be positive, got {max_megapixels}")
+        if importlib.util.find_spec("gradio") is None:
+            raise InputError("the demo needs gradio: pip install gradio==6.31.0 gradio_client==2.7.2")
+        from .demo.app import DemoConfig, build_demo, launch
+
+        cfg = DemoConfig(model=model, pretrained=pretrained, device=device, method=method,
+                         concurrency=concurrency, max_queue=max_queue, max_models=max_models,
+                         max_megapixels=max_megapixels, lock_model=lock_model)
+        page = build_demo(config=cfg)
+        try:
+            local_url, share_url = launch(page, host=host, port=port, share=share)
+        except OSError:
+            raise InputError(f"cannot listen on {host}:{port or 'the default port'} (in use, or not an "
+                             "address of this machine): pick another --port or --host") from None
+        console.print(f"ovss demo running at [bold]{local_url}[/] (Ctrl+C to stop)", highlight=False)
+        if share_url:
+            console.print(f"public link: [bold]{share_url}[/] (anyone with it can use the demo)",
+                          highlight=False)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]listening on {host}: other machines can reach the demo; "
+                          "consider --lock-model[/]", highlight=False)
+        try:
+            page.block_thread()
+        finally:
+            page.close()
+
+    run_cli(work)
 
 
 @app.command("pnp-tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
@@ -338,7 +290,7 @@ def pnp_tune(ctx: typer.Context) -> None:
 def _register_subcommands() -> None:
     import importlib
 
-    for module in ("ovss.evaluation.cli", "ovss.demo"):
+    for module in ("ovss.evaluation.cli", "ovss.training.cli", "ovss.zoo_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

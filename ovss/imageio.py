@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -14,6 +16,72 @@ from .errors import InputError
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+#: default largest image, in pixels (width x height), read from a file; ``OVSS_MAX_PIXELS`` overrides it
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) ovss decodes from a file: ``OVSS_MAX_PIXELS`` or
+    :data:`DEFAULT_MAX_PIXELS` (100 megapixels). Decoding needs about 3 bytes a pixel and the methods
+    several times that, so the limit keeps one file from exhausting the machine.
+
+    Raises:
+        InputError: ``OVSS_MAX_PIXELS`` is not a positive integer.
+    """
+    env = os.environ.get("OVSS_MAX_PIXELS")
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(env))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"OVSS_MAX_PIXELS must be a positive number of pixels, got {env!r}")
+    return value
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels.
+
+    Raises:
+        InputError: the file is missing, not a regular file, or Pillow cannot read its header.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        # Pillow refuses to even report sizes past twice its own limit: that is past ours too
+        raise InputError(f"{path} is larger than {max_pixels():,} pixels: resize it first "
+                         "(or raise OVSS_MAX_PIXELS)") from None
+    except Exception as exc:
+        raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
+                         "is it a JPEG/PNG/... file?") from None
+
+
+def check_pixels(path: Path) -> None:
+    """Refuse a file whose header says it is larger than :func:`max_pixels`, before decoding it.
+    Files Pillow cannot parse are left to the decoder.
+
+    Raises:
+        InputError: the image is too large.
+    """
+    try:
+        w, h = image_size(path)
+    except InputError as exc:
+        if "larger than" in str(exc):
+            raise
+        return
+    if w * h > max_pixels():
+        raise InputError(f"{path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                         f"{max_pixels() / 1e6:g}: resize it first (or set OVSS_MAX_PIXELS)")
 
 
 def load_image(image: ImageInput) -> np.ndarray:
@@ -57,6 +125,9 @@ def _read_file(path: Path) -> np.ndarray:
         raise InputError(f"image file not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image file")
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file (a pipe or a device?)")
+    check_pixels(path)
     data = np.fromfile(str(path), dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is not None:
@@ -100,7 +171,9 @@ def read_image_d2(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise InputError(f"image file not found: {path}")
+            raise InputError(f"image file not found: {path}" if not path.exists()
+                             else f"{path} is not a regular image file")
+        check_pixels(path)
         try:
             with Image.open(path) as im:
                 return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))

@@ -1,18 +1,25 @@
-"""The method registry: one line per method, importing its module only when it is used."""
+"""The method registry: one line per method, importing its module only when it is used.
+
+The registry line is the single source of a method's paper citation and one-line summary (so
+``ovss methods`` lists every method without importing them all); everything else a method declares
+on its class (:mod:`ovss.segmenter`).
+"""
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError, UnknownNameError, did_you_mean
+from .errors import UnknownNameError, did_you_mean
+from .options import OptionSpec, check_options
 from .segmenter import Segmenter
 
 
 @dataclass(frozen=True)
 class MethodInfo:
+    """A registered method: its name, where its class lives, its paper and what it does."""
+
     name: str
     module: str  # module under ovss.methods
     cls: str
@@ -27,7 +34,7 @@ def _add(name: str, module: str, cls: str, paper: str, summary: str) -> None:
     _METHODS[name] = MethodInfo(name, module, cls, paper, summary)
 
 
-_add("vanilla", "vanilla", "VanillaCLIP", "Radford et al., ICML 2021 (CLIP); dense baseline as in ClearCLIP, ECCV 2024",
+_add("vanilla", "vanilla", "VanillaCLIP", "Radford et al., ICML 2021 (CLIP); dense baseline of ClearCLIP, ECCV 2024",
      "unmodified CLIP patch tokens")
 _add("maskclip", "maskclip", "MaskCLIP", "Zhou et al., ECCV 2022 (MaskCLIP)", "value-embedding path of the last block")
 _add("sclip", "sclip", "SCLIP", "Wang et al., ECCV 2024 (SCLIP)", "correlative self-attention q-q + k-k")
@@ -60,61 +67,47 @@ def method_info(name: str) -> MethodInfo:
 
 
 def method_class(name: str) -> type[Segmenter]:
+    """The class of method ``name`` (imports its module).
+
+    Raises:
+        UnknownNameError: no such method.
+    """
     info = method_info(name)
     module = importlib.import_module(f"ovss.methods.{info.module}")
     return getattr(module, info.cls)
 
 
-def method_options(name: str) -> dict[str, inspect.Parameter] | None:
-    """Keyword options of the method's constructor (following ``**kwargs`` up to the parent
-    classes), by name; None when it takes any keyword."""
-    options: dict[str, inspect.Parameter] = {}
-    for klass in method_class(name).__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = list(inspect.signature(init).parameters.values())
-        for p in params:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
-                options.setdefault(p.name, p)
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return options
-    return None
+def method_options(name: str) -> dict[str, OptionSpec]:
+    """Every option of the method's constructor with its type, default and range."""
+    return method_class(name).options()
 
 
-def flag_options(name: str) -> set[str]:
-    """The method's boolean options (``--panoptic`` on the command line needs no value)."""
-    options = method_options(name) or {}
-    return {n for n, p in options.items() if p.annotation in (bool, "bool") or isinstance(p.default, bool)}
-
-
-def check_options(method: str, kwargs: dict[str, Any]) -> None:
-    """Raise a one-line error for keyword options the method does not take.
+def parse_options(method: str, values: dict[str, Any], *, from_text: bool = False) -> dict[str, Any]:
+    """Check option values against the method's declarations (see :func:`ovss.options.check_options`);
+    ``from_text`` parses strings typed on the command line or the web page by the declared type.
 
     Raises:
-        InputError: names the unknown option, the closest known one and the method's options.
+        UnknownNameError: no such method.
+        InputError: an unknown option, a value of the wrong type or out of range.
     """
-    options = method_options(method)
-    if options is None:
-        return
-    for key in kwargs:
-        if key not in options:
-            flag = key.replace("_", "-")
-            known = [n.replace("_", "-") for n in options]
-            raise InputError(f"{method} has no option {key!r} (--{flag}).{did_you_mean(flag, known)} "
-                             f"Its options: {', '.join(sorted(known))}")
+    return check_options(method, method_options(method), values, from_text=from_text)
 
 
 def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
     """Build the segmenter of ``method`` (see :func:`available_methods`) with its keyword options.
 
     Common options: ``model``, ``pretrained``, ``dataset`` (official protocol and class file),
-    ``device``; each method's class documents the rest.
+    ``device``, ``short_side``, ``max_long_side``, ``precision``, ``classes``, ``background``; each
+    method's class documents the rest (``ovss methods NAME`` lists them). A file option may name a zoo entry
+    (``checkpoint="fcclip_cocopan"``, see ``ovss models``): :func:`ovss.zoo.resolve` downloads it on
+    first use and fills the ``model`` / ``pretrained`` / ``config`` that match it unless given.
 
     Raises:
         UnknownNameError: unknown method, model, tag or dataset protocol.
         InputError: an option the method does not take, or a bad value.
         ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
     """
-    check_options(method, kwargs)
-    return method_class(method)(**kwargs)
+    kwargs = parse_options(method, kwargs)
+    from .zoo import resolve  # zoo names in checkpoint= & co.: the cached file, matching model/pretrained
+
+    return method_class(method)(**resolve(method, kwargs))

@@ -43,10 +43,8 @@ def palette(n: int, background: int | None = None) -> np.ndarray:
 
 
 def label_image(labels: np.ndarray, colors: np.ndarray) -> Image.Image:
-    """Indexed PNG-ready image: pixel value = class index, palette = ``colors`` (needs C <= 256).
-
-    For more classes an RGB rendering is returned (the JSON report keeps the mapping).
-    """
+    """PNG-ready label map whose pixel values are the class indices: an 8-bit palette image coloured
+    by ``colors`` for up to 256 classes, a 16-bit greyscale image (mode ``I;16``) for more."""
     labels = np.asarray(labels)
     if len(colors) <= 256:
         im = Image.fromarray(labels.astype(np.uint8), mode="P")
@@ -54,7 +52,7 @@ def label_image(labels: np.ndarray, colors: np.ndarray) -> Image.Image:
         pal[: len(colors)] = colors
         im.putpalette(pal.reshape(-1).tolist())
         return im
-    return Image.fromarray(colors[labels])
+    return Image.fromarray(labels.astype(np.uint16))
 
 
 @lru_cache(maxsize=8)

@@ -31,11 +31,15 @@ class Vocabulary:
         queries: (C,) tuple of the query words (synonyms) of each class, in order.
         background: index of the background class (the class that low-confidence pixels
             fall back to), or None.
+        official: the list is a dataset protocol's own class file, as read from it (methods whose
+            official code treats its dataset list differently from a user's list read this; any
+            change, such as an added background class, clears it).
     """
 
     names: tuple[str, ...]
     queries: tuple[tuple[str, ...], ...]
     background: int | None = None
+    official: bool = False
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.queries):

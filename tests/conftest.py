@@ -71,3 +71,36 @@ def same_mask_areas(prob, threshold: float, ref_area, eps: float = 1e-4):
     ref = np.asarray(ref_area)
     assert (np.abs(ours - ref) <= near).all(), (ours - ref, near)
     return torch.from_numpy(ours == ref)
+
+
+# -- every registered method built from the tiny random models of ../shared/parity -------------------
+
+def tiny_method_options(method: str, parity: Path) -> dict:
+    """Keyword options that build ``method`` from the tiny random models of ``../shared/parity``
+    (small test sizes, so a predict takes well under a second)."""
+    clip = {"model": str(parity / "tiny_clip_b16.json"), "pretrained": str(parity / "tiny_clip_b16.safetensors")}
+    fc, zs, zf = parity / "fc_clip", parity / "zsseg", parity / "zegformer"
+    return {
+        "proxyclip": {**clip, "proxy_model": str(parity / "proxyclip/tiny_dino_b8.json"),
+                      "proxy_pretrained": str(parity / "proxyclip/tiny_dino_b8.safetensors")},
+        "clip_diy": {**clip, "saliency_model": str(parity / "clip_diy/tiny_dino_s8.json"),
+                     "saliency_pretrained": str(parity / "clip_diy/tiny_dino_s8.safetensors"),
+                     "saliency_head": str(parity / "clip_diy/tiny_found_decoder.safetensors")},
+        "pnp_ovss": {"model": str(parity / "pnp_ovss/hf_tiny_blip_itm"), "short_side": 160},
+        "fc_clip": {"model": str(fc / "convnext_fcclip_tiny.json"), "pretrained": str(fc / "tiny_convnext_clip.safetensors"),
+                    "checkpoint": str(fc / "fcclip_tiny.pth"), "config": str(fc / "fcclip_tiny_config.yaml"),
+                    "short_side": 128},
+        "zsseg": {**clip, "checkpoint": str(zs / "zsseg_tiny_r101c.pth"), "config": str(zs / "zsseg_tiny_config.json"),
+                  "short_side": 128},
+        "zegformer": {"model": str(zf / "tiny_clip_e512.json"), "pretrained": str(zf / "tiny_clip_e512.safetensors"),
+                      "checkpoint": str(zf / "zegformer_tiny_r101.pth"),
+                      "config": str(zf / "zegformer_tiny_config.json"), "short_side": 128},
+    }.get(method, {**clip, "short_side": 224})
+
+
+def cli_args(options: dict) -> list[str]:
+    """``{"short_side": 128, "panoptic": True}`` -> ``["--short-side", "128", "--panoptic", "true"]``."""
+    out: list[str] = []
+    for k, v in options.items():
+        out += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return out

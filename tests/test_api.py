@@ -40,10 +40,10 @@ def test_predict_inputs_agree(sclip, photo, tmp_path):
     a = sclip.predict(photo, classes=classes)
     b = sclip.predict(Image.fromarray(photo), classes=classes)
     c = sclip.predict(str(path), classes=classes)
-    assert a.logits.shape == (3, 300, 451) and a.logits.dtype == torch.float32
+    assert a.scores.shape == (3, 300, 451) and a.scores.dtype == torch.float32
     assert a.labels.shape == (300, 451) and a.labels.dtype == torch.int64
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.logits, c.logits)
-    assert torch.equal(a.labels, a.logits.argmax(0))
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.scores, c.scores)
+    assert torch.equal(a.labels, a.scores.argmax(0))
     assert a.classes == classes
     assert abs(sum(a.pixel_share().values()) - 1) < 1e-9
 
@@ -53,21 +53,21 @@ def test_permuting_classes_permutes_output(sclip, photo):
     perm = [2, 0, 3, 1]
     a = sclip.predict(photo, classes=classes)
     b = sclip.predict(photo, classes=[classes[i] for i in perm])
-    assert torch.allclose(b.logits, a.logits[perm], atol=1e-6)
+    assert torch.allclose(b.scores, a.scores[perm], atol=1e-6)
     inv = torch.tensor(perm)
     assert (inv[b.labels] != a.labels).float().mean() < 1e-3  # only exact ties may differ
 
 
 def test_synonyms_take_the_max(sclip, photo):
     res = sclip.predict(photo, classes=[("cat", "kitten"), "wall"])
-    assert res.classes == ["cat", "wall"] and res.logits.shape[0] == 2
-    assert torch.all(res.logits.sum(0) <= 1 + 1e-5)
+    assert res.classes == ["cat", "wall"] and res.scores.shape[0] == 2
+    assert torch.all(res.scores.sum(0) <= 1 + 1e-5)
 
 
 def test_background_and_threshold(sclip, photo):
     res = sclip.predict(photo, classes=["cat"], background="wall, floor", prob_threshold=0.9)
     assert res.classes == ["background", "cat"] and res.background == 0
-    low = res.logits.max(0).values < 0.9
+    low = res.scores.max(0).values < 0.9
     assert torch.all(res.labels[low] == 0)
     res2 = sclip.predict(photo, classes=["cat", "dog"], prob_threshold=0.6)
     assert res2.classes[0] == "background" and res2.settings["queries"][0] == ["background"]
@@ -79,7 +79,7 @@ def test_dataset_protocol_uses_official_class_file(tiny_clip_files, photo):
     res = seg.predict(photo)
     assert len(res.classes) == 59 and res.background is None
     assert seg.settings()["protocol"]["short_side"] == 448
-    with pytest.raises(UnknownNameError, match="no clearclip protocol for dataset 'voc22'"):
+    with pytest.raises(UnknownNameError, match="clearclip has no protocol for dataset 'voc22'"):
         ovss.create_segmenter("clearclip", model=model, pretrained=weights, dataset="voc22")
 
 
@@ -154,7 +154,7 @@ def test_offline_hub_probe_unmocked(monkeypatch):
 def test_vanilla_and_maskclip_options(tiny_clip, photo):
     a = ovss.create_segmenter("vanilla", clip=tiny_clip, residual=False).predict(photo, classes=["cat", "wall"])
     b = ovss.create_segmenter("vanilla", clip=tiny_clip).predict(photo, classes=["cat", "wall"])
-    assert not torch.allclose(a.logits, b.logits)
+    assert not torch.allclose(a.scores, b.scores)
     c = ovss.create_segmenter("maskclip", clip=tiny_clip, residual=True).predict(photo, classes=["cat", "wall"])
     assert c.settings["residual"] is True
 
@@ -170,6 +170,6 @@ def test_text_cache_skips_encoding_on_second_run(tiny_clip_files, photo, monkeyp
         monkeypatch.setattr(text, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     seg = ovss.create_segmenter("sclip", model=model, pretrained=weights)
     res = seg.predict(photo, classes=["zebra", "grass"])
-    assert calls == [] and res.logits.shape[0] == 2
+    assert calls == [] and res.scores.shape[0] == 2
     seg.predict(photo, classes=["zebra", "sky"])  # a new class list is encoded (the probe works)
     assert calls

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import cli_args, tiny_method_options
 from ovss import available_methods
-from ovss.cli import app, parse_extra, split_extra
+from ovss.cli import app, split_extra
 
 runner = CliRunner()
 
@@ -63,25 +64,10 @@ def test_segment_folder_with_class_file_and_method_options(tiny_args, photos, tm
 
 def _method_args(name: str, parity: Path) -> list[str]:
     """CLI options that build ``name`` from the tiny random models of ``../shared/parity``."""
-    clip = ["--model", str(parity / "tiny_clip_b16.json"), "--pretrained", str(parity / "tiny_clip_b16.safetensors")]
-    fc, zs, zf = parity / "fc_clip", parity / "zsseg", parity / "zegformer"
-    return {
-        "proxyclip": clip + ["--proxy-model", str(parity / "proxyclip/tiny_dino_b8.json"),
-                             "--proxy-pretrained", str(parity / "proxyclip/tiny_dino_b8.safetensors")],
-        "clip_diy": clip + ["--saliency-model", str(parity / "clip_diy/tiny_dino_s8.json"),
-                            "--saliency-pretrained", str(parity / "clip_diy/tiny_dino_s8.safetensors"),
-                            "--saliency-head", str(parity / "clip_diy/tiny_found_decoder.safetensors")],
-        "pnp_ovss": ["--model", str(parity / "pnp_ovss/hf_tiny_blip_itm"), "--short-side", "160"],
-        "fc_clip": ["--model", str(fc / "convnext_fcclip_tiny.json"),
-                    "--pretrained", str(fc / "tiny_convnext_clip.safetensors"),
-                    "--checkpoint", str(fc / "fcclip_tiny.pth"), "--config", str(fc / "fcclip_tiny_config.yaml"),
-                    "--short-side", "128", "--panoptic"],
-        "zsseg": clip + ["--checkpoint", str(zs / "zsseg_tiny_r101c.pth"), "--config", str(zs / "zsseg_tiny_config.json"),
-                         "--short-side", "128"],
-        "zegformer": ["--model", str(zf / "tiny_clip_e512.json"), "--pretrained", str(zf / "tiny_clip_e512.safetensors"),
-                      "--checkpoint", str(zf / "zegformer_tiny_r101.pth"),
-                      "--config", str(zf / "zegformer_tiny_config.json"), "--short-side", "128"],
-    }.get(name, clip)
+    opts = tiny_method_options(name, parity)
+    if name == "fc_clip":
+        opts["panoptic"] = True
+    return cli_args(opts)[:-1] if name == "fc_clip" else cli_args(opts)
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -115,7 +101,7 @@ def test_every_method_from_the_command_line(method, parity_dir, photos, tmp_path
     (["segment", "{photo}", "-c", ""], "empty"),
     (["segment", "{photo}"], "--classes"),
     (["segment", "{photo}", "-c", "cat", "-m", "nope"], "unknown method"),
-    (["segment", "{photo}", "-c", "cat", "--dataset", "voc99"], "no sclip protocol"),
+    (["segment", "{photo}", "-c", "cat", "--dataset", "voc99"], "sclip has no protocol"),
     (["segment", "{notes}", "-c", "cat"], "cannot read"),
     (["segment", "{photo}", "-c", "cat", "--device", "gpu"], "unknown device 'gpu'"),
     (["segment", "{photo}", "-c", "cat", "--gausian-std", "3", "-m", "naclip"], "did you mean"),
@@ -155,12 +141,18 @@ def test_methods_command():
 
 def test_split_extra_boolean_flags():
     tokens = ["--panoptic", "a.jpg", "--beta", "2", "--crf", "false", "b.jpg", "--x=1"]
-    assert split_extra(tokens, {"panoptic", "crf"}) == (["a.jpg", "b.jpg"], {"panoptic": True, "beta": 2,
-                                                                             "crf": False, "x": 1})
+    assert split_extra(tokens, {"panoptic", "crf"}) == (["a.jpg", "b.jpg"], {"panoptic": "true", "beta": "2",
+                                                                             "crf": "false", "x": "1"})
     assert split_extra(["--panoptic", "a.jpg"]) == ([], {"panoptic": "a.jpg"})  # unknown: takes a value
 
 
-def test_parse_extra():
-    assert parse_extra(["--proxy-model", "x.json", "--residual", "false", "--beta=1.5", "--flag",
-                        "--pamr-dilations", "8,16"]) == {
-        "proxy_model": "x.json", "residual": False, "beta": 1.5, "flag": True, "pamr_dilations": [8, 16]}
+def test_option_text_is_parsed_by_the_declared_types():
+    from ovss.options import parse_option_tokens
+    from ovss.registry import parse_options
+
+    text = parse_option_tokens(["--proxy-model", "x.json", "--beta=1.5", "--pamr-dilations", "8,16"])
+    assert text == {"proxy_model": "x.json", "beta": "1.5", "pamr_dilations": "8,16"}
+    assert parse_options("naclip", {"pamr_dilations": "8,16", "gaussian_std": "3", "pretrained": "none",
+                                    "batch_size": "auto"}, from_text=True) == {
+        "pamr_dilations": (8, 16), "gaussian_std": 3.0, "pretrained": None, "batch_size": "auto"}
+    assert parse_options("fc_clip", {"panoptic": "true"}, from_text=True) == {"panoptic": True}

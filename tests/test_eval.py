@@ -69,7 +69,7 @@ class ColourSegmenter:
         self.kwargs = dict(kwargs, dataset=dataset)
         self.calls = 0
 
-    def predict(self, image: np.ndarray) -> SimpleNamespace:
+    def predict(self, image: np.ndarray, **kwargs: object) -> SimpleNamespace:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.calls += 1
         labels = torch.from_numpy(image[..., 0].astype(np.int64) * min(self.num_classes, 12) // 256)
@@ -366,8 +366,8 @@ def test_end_to_end_sclip_tiny(tmp_path: Path) -> None:
     preds: list[np.ndarray] = []
 
     class Recorder:  # keeps what the real segmenter returned, to score it independently
-        def predict(self, image: np.ndarray):
-            res = seg.predict(image)
+        def predict(self, image: np.ndarray, **kwargs):
+            res = seg.predict(image, **kwargs)
             assert res.labels.dtype == torch.int64 and tuple(res.labels.shape) == image.shape[:2]
             preds.append(res.labels.numpy().copy())
             return res

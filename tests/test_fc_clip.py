@@ -53,7 +53,7 @@ def out(seg, ref) -> dict:
     from ovss.methods.fc_clip import dataset_vocabulary
 
     h, w = (int(v) for v in ref["ori_shape"])
-    return seg.run(ref["image_uint8"].transpose(1, 2, 0), (h, w), dataset_vocabulary("ade20k"), seg.protocol.things,
+    return seg.run_resized(ref["image_uint8"].transpose(1, 2, 0), (h, w), dataset_vocabulary("ade20k"), seg.protocol.things,
                    panoptic=True)
 
 
@@ -116,9 +116,9 @@ def test_ensemble_weights_matter(seg, out, ref):
 
 def test_predict_from_photo(seg, fc_dir, ref, diag):
     res = seg.predict(fc_dir.parent / "astronaut.png")
-    assert res.logits.shape == (150, 512, 512) and res.logits.dtype == torch.float32
+    assert res.scores.shape == (150, 512, 512) and res.scores.dtype == torch.float32
     assert res.labels.shape == (512, 512) and res.labels.dtype == torch.int64
-    assert torch.equal(res.labels, res.logits.argmax(0))
+    assert torch.equal(res.labels, res.scores.argmax(0))
     assert int((res.labels.numpy() != ref["sem_pred"]).sum()) <= diag["sem_top2_relative_gap_lt"]["1e-05"]
     assert res.settings["short_side"] == 320  # INPUT.MIN_SIZE_TEST of the given config
     pan = res.extras["panoptic"]
@@ -168,9 +168,9 @@ def test_importer_keys_and_text_tower(files, seg):
         if not k.startswith("criterion."):
             assert torch.equal(own[k], v.float()), k
     # the text tower and CLIP's logit scale come from the open_clip weights
-    from ovss.backbones.clip import load_state_dict_file
+    from ovss.checkpoints import load_state_dict
 
-    clip_sd = load_state_dict_file(files["pretrained"])
+    clip_sd = load_state_dict(files["pretrained"])
     assert torch.equal(own["backbone.clip_model.text_projection"], clip_sd["text_projection"])
     assert float(seg.backbone.logit_scale) == pytest.approx(4.75)
     assert seg.net.cfg.num_queries == 20 and seg.net.cfg.dec_layers == 4 and seg.net.cfg.nheads == 4
@@ -223,7 +223,7 @@ def test_errors(files):
 
     with pytest.raises(InputError, match="checkpoint"):
         ovss.create_segmenter("fc_clip", model=files["model"], pretrained=files["pretrained"])
-    with pytest.raises(UnknownNameError, match="unknown FC-CLIP dataset"):
+    with pytest.raises(UnknownNameError, match="fc_clip has no protocol for dataset 'ade21k'"):
         ovss.create_segmenter("fc_clip", dataset="ade21k", **files)
     with pytest.raises(ModelLoadError, match="convolutional CLIP"):
         from ovss.backbones.convnext_clip import clip_model_type
@@ -235,9 +235,9 @@ def test_custom_classes_and_threshold(seg):
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, 30:] = 200
     res = seg.predict(img, ["sky", ("person", "man"), "tree"])
-    assert res.logits.shape == (3, 40, 60) and res.classes == ["sky", "person", "tree"]
-    with pytest.raises(InputError, match="background"):
-        seg.predict(img, ["sky", "tree"], prob_threshold=0.5)
+    assert res.scores.shape == (3, 40, 60) and res.classes == ["sky", "person", "tree"]
+    res = seg.predict(img, ["sky", "tree"], prob_threshold=0.5)  # a threshold adds a "background" class
+    assert res.classes == ["background", "sky", "tree"] and res.settings["queries"][0] == ["background"]
     res = seg.predict(img, ["sky", "tree"], background="background", prob_threshold=2.0)
     assert res.background == 0 and (res.labels == 0).all()
 
@@ -245,20 +245,20 @@ def test_custom_classes_and_threshold(seg):
 def test_official_class_file_as_classes(seg, tmp_path):
     f = tmp_path / "mine.txt"
     f.write_text("0:invalid_class_id\n1:sky,clouds\n2:tree, trees\n")
-    vocab, things = seg.vocabulary(f)
-    assert vocab.queries == (("sky", "clouds"), ("tree", "trees")) and things == (0, 1)
+    vocab = seg.vocabulary(f)
+    assert vocab.queries == (("sky", "clouds"), ("tree", "trees")) and seg.thing_classes(vocab) == (0, 1)
 
 
 def test_class_files_and_protocols():
     from ovss.imageio import d2_test_size as resize_shortest_edge
-    from ovss.methods.fc_clip import PROTOCOLS, dataset_vocabulary, seen_mask
+    from ovss.methods.fc_clip import FCCLIP_PROTOCOLS, dataset_vocabulary, seen_mask
 
     ade, coco = dataset_vocabulary("ade20k"), dataset_vocabulary("coco")
     assert len(ade) == 150 and sum(len(q) for q in ade.queries) == 403
     assert len(coco) == 133 and sum(len(q) for q in coco.queries) == 254
     assert int(seen_mask(ade, coco).sum()) == 64 and int(seen_mask(coco, coco).sum()) == 133
     assert len(dataset_vocabulary("cityscapes")) == 19 and dataset_vocabulary("cityscapes").names[0] == "road"
-    assert PROTOCOLS["cityscapes"].short_side == 1024 and PROTOCOLS["ade20k"].short_side == 800
+    assert FCCLIP_PROTOCOLS.get("cityscapes").short_side == 1024 and FCCLIP_PROTOCOLS.get("ade150").short_side == 800
     assert resize_shortest_edge(300, 451, 320, 1333) == (320, 481)
     assert resize_shortest_edge(257, 389, 320, 1333) == (320, 484)
     assert resize_shortest_edge(1000, 5000, 800, 1333) == (267, 1333)

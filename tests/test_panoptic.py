@@ -19,7 +19,8 @@ from ovss.data.datasets import get_dataset, open_dataset
 from ovss.errors import DatasetError, InputError
 from ovss.evaluation import evaluate
 from ovss.evaluation.panoptic import compute_pq, pq_stats
-from ovss.evaluation.runner import Panoptic
+from ovss.evaluation.sources import Panoptic
+from ovss.segmenter import Capabilities
 from test_datasets import build, contiguous_segments, panoptic_categories, random_panoptic, write_panoptic
 from test_eval import _app, run_torchrun
 
@@ -235,6 +236,8 @@ class PanopticColour:
     """Stand-in panoptic segmenter: one segment per (red, green) bucket of the image, void where
     blue is high; the segment's class is a fixed function of the bucket."""
 
+    capabilities = Capabilities(panoptic=True)  # what ovss eval reads to build it with panoptic=True
+
     def __init__(self, num_classes: int = 133, panoptic: bool = False, dataset: str | None = None,
                  **kwargs: object) -> None:
         self.num_classes, self.panoptic, self.calls = num_classes, panoptic, 0
@@ -245,7 +248,7 @@ class PanopticColour:
         return ids, [{"id": int(i), "category_id": int(i * 37 % self.num_classes), "isthing": bool(i % 2),
                       "score": 0.9} for i in np.unique(ids) if i]
 
-    def predict(self, image: np.ndarray) -> SimpleNamespace:
+    def predict(self, image: np.ndarray, **kwargs: object) -> SimpleNamespace:
         self.calls += 1
         ids, segs = self.segments(image)
         cat = {s["id"]: s["category_id"] for s in segs}
@@ -354,7 +357,7 @@ def test_segmenter_pq_resume_and_saved_predictions(tmp_path: Path) -> None:
 
 
 PAN_SETUP = ("from test_panoptic import PanopticColour\n"
-             "ovss.registry.method_class = lambda name: PanopticColour  # its constructor takes panoptic=\n"
+             "ovss.registry.method_class = lambda name: PanopticColour  # it declares panoptic output\n"
              "ovss.registry.create_segmenter = lambda method, **kw: PanopticColour(133, **kw)")
 
 

@@ -73,9 +73,9 @@ def test_matches_official_voc21(name, parity_dir, manifest, segmenters):
     assert (raw[:, r, c] - torch.from_numpy(ref["raw_logits"])).abs().max() <= 1e-4
 
     res = seg.predict(parity_dir / "astronaut.png")
-    assert res.logits.dtype == torch.float32 and res.labels.dtype == torch.int64
-    assert res.logits.shape == (21, 512, 512) and res.labels.shape == (512, 512)
-    assert (res.logits[:, r, c] - torch.from_numpy(ref["seg_logits"])).abs().max() <= 1e-4
+    assert res.scores.dtype == torch.float32 and res.labels.dtype == torch.int64
+    assert res.scores.shape == (21, 512, 512) and res.labels.shape == (512, 512)
+    assert (res.scores[:, r, c] - torch.from_numpy(ref["seg_logits"])).abs().max() <= 1e-4
 
     # labels: identical except at near ties (top-2 margin or distance to prob_thd below 1e-5)
     pred = torch.from_numpy(ref["pred"].astype(np.int64))
@@ -84,7 +84,7 @@ def test_matches_official_voc21(name, parity_dir, manifest, segmenters):
     allowed = diag["pixels_top2_margin_below_1e-05"] + diag["pixels_max_prob_within_1e-05_of_prob_thd"]
     assert int(diff.sum()) <= allowed
     if diff.any():
-        probs = res.logits if not seg.renormalize else None
+        probs = res.scores if not seg.renormalize else None
         if probs is not None:
             top2 = probs.topk(2, dim=0).values
             near = ((top2[0] - top2[1]) < 1e-5) | ((top2[0] - seg.protocol.prob_threshold).abs() < 1e-5)
@@ -203,5 +203,5 @@ def test_other_images_and_protocols(method, dataset, image, size, step, segmente
         ours = seg.raw_logits(x, text, out_size)
     assert (ours - ref).abs().max() <= 1e-4
     res = seg.predict(rgb)
-    assert res.logits.shape == (len(vocab), *out_size)
+    assert res.scores.shape == (len(vocab), *out_size)
     assert res.labels.shape == out_size

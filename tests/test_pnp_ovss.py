@@ -11,11 +11,18 @@ import torch
 
 from ovss.errors import InputError, ModelLoadError, UnknownNameError
 from ovss.methods import pnp_ovss as P
+from ovss.vocabulary import parse_classes
 
 pytest.importorskip("pydensecrf.densecrf", reason="PnP-OVSS's dense CRF needs pydensecrf2")
 
 
 # -- fixtures ----------------------------------------------------------------------------------
+
+
+def pnp_run(seg, image, classes=None, **kw):
+    """(PnPOutput, result class names) of one image: ``Segmenter.run``'s trace."""
+    r = seg.run(image, classes, **kw)
+    return r["pnp"], r["classes"]
 
 @pytest.fixture(scope="module")
 def pnp_dir(parity_dir: Path) -> Path:
@@ -48,7 +55,7 @@ def astronaut_path(parity_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def voc_run(voc_seg: P.PnPOVSS, astronaut_path: Path) -> tuple[P.PnPOutput, list[str]]:
-    return voc_seg.run(astronaut_path)
+    return pnp_run(voc_seg, astronaut_path)
 
 
 def _rel(a: np.ndarray | torch.Tensor, b: np.ndarray) -> float:
@@ -101,13 +108,13 @@ def test_parity_postprocessing_and_labels(voc_seg, voc_run, fixture) -> None:
         stable = robust
     assert np.array_equal(out.pred_channels[stable], fixture["pred_channels"][stable])
     res = voc_seg.result_from_output(out, names)
-    assert res.logits.dtype == torch.float32 and tuple(res.logits.shape) == (21, 512, 512)
+    assert res.scores.dtype == torch.float32 and tuple(res.scores.shape) == (21, 512, 512)
     assert res.labels.dtype == torch.int64 and tuple(res.labels.shape) == (512, 512)
     assert np.array_equal(res.labels.numpy()[stable], fixture["pred"][stable].astype(np.int64))
     assert res.classes[0] == "background" and res.classes[20] == "tvmonitor" and res.background == 0
     assert np.array_equal(res.extras["official_labels"].numpy()[stable], fixture["pred"][stable].astype(np.int64))
     # every VOC class is in the caption: the logits are the CRF marginals, summing to 1
-    assert torch.allclose(res.logits.sum(0), torch.ones(512, 512), atol=1e-4)
+    assert torch.allclose(res.scores.sum(0), torch.ones(512, 512), atol=1e-4)
     assert not res.extras["official_nan"]
     assert res.extras["dropped_patches"] == out.dropped_patches[:-1].tolist()
 
@@ -164,7 +171,7 @@ def chelsea() -> np.ndarray:
 
 def test_free_form_consistency(free_seg, chelsea) -> None:
     classes = ["cat", "potted plant", "sofa"]
-    out, names = free_seg.run(chelsea, classes)
+    out, names = pnp_run(free_seg, chelsea, classes)
     g = 10
     assert names == ["background"] + classes
     assert out.input.shape == (1, 3, 160, 160) and out.gradcam_tokens.shape[-2:] == (g, g)
@@ -192,11 +199,11 @@ def test_free_form_consistency(free_seg, chelsea) -> None:
         assert x1[..., r:r + 16, c:c + 16].abs().max() == 0
     assert int((x1 != out.input).any(1).sum()) <= 10 * 256
     res = free_seg.result_from_output(out, names)
-    assert tuple(res.logits.shape) == (4, 100, 150) and tuple(res.labels.shape) == (100, 150)
-    assert torch.isfinite(res.logits).all()
-    assert torch.allclose(res.logits.sum(0), torch.ones(100, 150), atol=1e-4)
-    assert torch.equal(res.labels, res.logits.argmax(0))
-    assert res.settings["image_size"] == 160 and res.settings["merge"] == "mean"
+    assert tuple(res.scores.shape) == (4, 100, 150) and tuple(res.labels.shape) == (100, 150)
+    assert torch.isfinite(res.scores).all()
+    assert torch.allclose(res.scores.sum(0), torch.ones(100, 150), atol=1e-4)
+    assert torch.equal(res.labels, res.scores.argmax(0))
+    assert free_seg.settings()["image_size"] == 160 and free_seg.settings()["merge"] == "mean"
 
 
 def test_position_embedding_resize_matches_transformers(free_seg, tiny_model) -> None:
@@ -216,7 +223,7 @@ def test_switches_off_each_step(tiny_model, chelsea) -> None:
     res = seg.predict(chelsea, ["cat", "sofa"])
     assert res.classes == ["cat", "sofa"] and res.background is None
     assert len(res.extras["dropped_patches"]) == 1
-    assert torch.equal(res.labels, res.logits.argmax(0))
+    assert torch.equal(res.labels, res.scores.argmax(0))
     with pytest.raises(InputError, match="background"):
         seg.predict(chelsea, ["cat", "sofa"], prob_threshold=0.5)
 
@@ -292,7 +299,7 @@ def test_threshold_and_blur_nan_rules() -> None:
 # -- errors -----------------------------------------------------------------------------------------
 
 def test_input_errors(voc_seg, free_seg, chelsea) -> None:
-    with pytest.raises(InputError, match="needs classes"):
+    with pytest.raises(InputError, match="no classes"):
         free_seg.run(chelsea)
     with pytest.raises(InputError, match="not in the voc21 protocol"):
         voc_seg.run(chelsea, ["spaceship"])
@@ -315,9 +322,9 @@ def test_option_and_class_list_errors(tiny_model, tmp_path, chelsea) -> None:
         P.PnPOVSS(model=tiny_model, image_size=224, class_lists={"x": "[1: 'cat'], [100]"})
     seg = P.PnPOVSS(model=tiny_model, dataset="voc21", image_size=224, crf=False, blur=False, drop_iter=1,
                     class_lists={"2007_000129": "[2: 'bicycle', 15: 'person'], [100, 100]"})
-    out, _ = seg.run(chelsea, image_id="2007_000129")
+    out, _ = pnp_run(seg, chelsea, image_id="2007_000129")
     assert out.caption == "A picture of bicycle person" and out.caption_positions == [1, 14]
-    res = seg.result_from_output(out, seg._vocabulary(None)[0])
+    res = seg.result_from_output(out, seg.caption_classes(seg.default_vocabulary())[0])
     assert set(np.unique(res.labels.numpy())) <= {0, 2, 15}
     with pytest.raises(InputError, match="not in the class lists"):
         seg.run(chelsea, image_id="2099_000001")
@@ -341,13 +348,13 @@ def test_registered() -> None:
 
 
 def test_protocol_class_selection(voc_seg) -> None:
-    names, cap, pos = voc_seg._vocabulary(["background", "Potted Plant", "person"])
+    names, cap, pos = voc_seg.caption_classes(parse_classes(["background", "Potted Plant", "person"]))
     assert cap == ["pottedplant", "person"] and pos == [15, 14] and len(names) == 21
 
 
 def test_context_label_spaces(tiny_model, chelsea) -> None:
     seg = P.PnPOVSS(model=tiny_model, dataset="psc", image_size=224, drop_iter=2, crf=False)
-    out, names = seg.run(chelsea, ["sky", "cat"])  # fewer than 3 classes: background channel
+    out, names = pnp_run(seg, chelsea, ["sky", "cat"])  # fewer than 3 classes: background channel
     assert out.background and len(names) == 59 and out.caption_positions == [46, 14]
     out.pred_channels[:10, :10] = 0  # force some official background pixels
     res = seg.result_from_output(out, names)
@@ -357,7 +364,7 @@ def test_context_label_spaces(tiny_model, chelsea) -> None:
     assert set(np.unique(lab)) <= {14, 46} and res.background is None
     assert np.array_equal(lab[official == 47], np.full((official == 47).sum(), 46))
     seg60 = P.PnPOVSS(model=tiny_model, dataset="context60", image_size=224, drop_iter=2, crf=False)
-    res60 = seg60.result_from_output(out, seg60._vocabulary(None)[0])
+    res60 = seg60.result_from_output(out, seg60.caption_classes(seg60.default_vocabulary())[0])
     assert len(res60.classes) == 60 and np.array_equal(res60.labels.numpy(), official)
 
 

@@ -16,8 +16,7 @@ from importlib import resources
 
 import pytest
 
-from ovss.protocols import get_protocol, protocol_datasets
-from ovss.vocabulary import packaged_class_file, read_class_file
+from ovss.registry import available_methods, method_class
 
 DATASETS = json.loads((resources.files("ovss") / "data" / "dataset_classes.json").read_text())
 
@@ -51,32 +50,21 @@ def _check(rows: list[list[str]], dataset: str) -> None:
     assert not swapped, swapped
 
 
-def _clip_family_cases() -> list[tuple[str, str]]:
-    import ovss.methods.proxyclip  # noqa: F401  (registers its table)
-
-    return [(m, d) for m in ("sclip", "clearclip", "naclip", "maskclip", "vanilla", "proxyclip")
-            for d in protocol_datasets(m) if d in DATASETS]
+def _cases() -> list[tuple[str, str]]:
+    return [(m, d) for m in available_methods() for d in method_class(m).datasets() if d in DATASETS]
 
 
-@pytest.mark.parametrize("method,dataset", _clip_family_cases())
-def test_clip_family_class_files(method: str, dataset: str) -> None:
-    p = get_protocol(method, dataset)
-    vocab = read_class_file(packaged_class_file(p.class_family, p.class_file), p.class_sep)
-    _check([list(q) for q in vocab.queries], dataset)
+@pytest.mark.parametrize("method,dataset", _cases())
+def test_protocol_class_lists(method: str, dataset: str) -> None:
+    vocab = method_class(method).protocols.get(dataset).vocabulary()
+    assert vocab is not None and vocab.official
+    fg = [list(q) for i, q in enumerate(vocab.queries)]
+    _check(fg, dataset)
 
 
-def test_fc_clip_zsseg_zegformer_pnp_clip_diy_class_lists() -> None:
-    from ovss.methods import clip_diy, fc_clip, pnp_ovss, zegformer, zsseg
-
-    for d in fc_clip.PROTOCOLS:
-        if d in DATASETS:
-            _check([list(q) for q in fc_clip.dataset_vocabulary(d).queries], d)
-    for d, proto in zsseg.PROTOCOLS.items():
-        if d in DATASETS:
-            _check([[n] for n in zsseg.protocol_class_names(proto)], d)
-    for d, proto in zegformer.PROTOCOLS.items():
-        names = packaged_class_file(*proto.class_file.split("/")).read_text().splitlines()
-        _check([[n] for n in names if n.strip()], d)
-    for d, names in clip_diy.DATASET_CLASSES.items():
-        _check([[n] for n in names], d)
-    assert set(pnp_ovss.PROTOCOLS) <= set(DATASETS)
+def test_every_protocol_has_a_class_list_or_says_why() -> None:
+    """Each official row of each method carries the class list its benchmark scores."""
+    for m in available_methods():
+        for d in method_class(m).datasets():
+            if d in DATASETS:
+                assert method_class(m).protocols.get(d).vocabulary() is not None, (m, d)

@@ -107,9 +107,9 @@ def test_final_scores_and_labels(run: dict[str, Any]) -> None:
     rows, cols = ref["coords"][:, 0], ref["coords"][:, 1]
     res = run["result"]
     assert _max(run["raw"][:, rows, cols], ref["raw_logits"]) <= 1e-4
-    assert res.logits.dtype == torch.float32 and tuple(res.logits.shape) == (21, 512, 512)
-    assert _max(res.logits[:, rows, cols], ref["seg_logits"]) <= 1e-3  # README: mask-threshold flips, <= 5e-4
-    assert torch.isfinite(res.logits).all()
+    assert res.scores.dtype == torch.float32 and tuple(res.scores.shape) == (21, 512, 512)
+    assert _max(res.scores[:, rows, cols], ref["seg_logits"]) <= 1e-3  # README: mask-threshold flips, <= 5e-4
+    assert torch.isfinite(res.scores).all()
     mismatch = int((res.labels.numpy() != ref["pred"]).sum())
     assert mismatch <= 2  # manifest: 1 pixel with a top-2 margin < 1e-6, 2 within 1e-5 of prob_thd
 
@@ -131,8 +131,8 @@ def test_class_permutation_permutes_scores(small: Any) -> None:
     a = small.predict(img, classes)
     perm = [2, 0, 3, 1]
     b = small.predict(img, [classes[i] for i in perm])
-    assert torch.allclose(a.logits[perm], b.logits, atol=1e-5)
-    top2 = a.logits.topk(2, dim=0).values
+    assert torch.allclose(a.scores[perm], b.scores, atol=1e-5)
+    top2 = a.scores.topk(2, dim=0).values
     clear = (top2[0] - top2[1]) > 1e-5
     assert torch.equal(torch.tensor(perm)[b.labels][clear], a.labels[clear])
 
@@ -150,11 +150,11 @@ def test_non_square_windows_and_whole_image(small: Any, files: dict[str, str]) -
     rng = np.random.default_rng(1)
     img = (rng.random((70, 200, 3)) * 255).astype(np.uint8)
     res = wide.predict(img, ["cat", "sky"])
-    assert tuple(res.logits.shape) == (2, 70, 200) and torch.isfinite(res.logits).all()
+    assert tuple(res.scores.shape) == (2, 70, 200) and torch.isfinite(res.scores).all()
     whole = ProxyCLIP(clip=small.clip, short_side=96, crop=0, proxy_model=files["dino"],
                       proxy_pretrained=files["dino_w"], templates=["a photo of a {}."])
     res = whole.predict(img, ["cat", "sky"])
-    assert tuple(res.labels.shape) == (70, 200) and torch.equal(res.labels, res.logits.argmax(0))
+    assert tuple(res.labels.shape) == (70, 200) and torch.equal(res.labels, res.scores.argmax(0))
 
 
 def test_all_masked_row_is_an_error_not_nan() -> None:
@@ -200,16 +200,17 @@ def test_errors(seg: Any, files: dict[str, str], tmp_path: Path, monkeypatch: py
 
 def test_registry_and_protocols() -> None:
     import ovss
-    from ovss.protocols import get_protocol
-    from ovss.registry import available_methods, method_info
+    from ovss.registry import available_methods, method_class, method_info
+
+    get_protocol = method_class("proxyclip").protocols.get
 
     assert "proxyclip" in available_methods()
     assert method_info("proxyclip").cls == "ProxyCLIP"
-    p = get_protocol("proxyclip", "voc21")
+    p = get_protocol("voc21")
     assert (p.short_side, p.crop, p.stride, p.logit_scale, p.prob_threshold) == (336, 336, 112, 40.0, 0.2)
-    assert p.class_family == "proxyclip" and p.class_sep == "; "
-    assert get_protocol("proxyclip", "coco_object").prob_threshold == 0.25
-    city = get_protocol("proxyclip", "cityscapes")
+    assert p.class_file == "proxyclip/cls_voc21.txt" and p.class_sep == "; "
+    assert get_protocol("coco_object").prob_threshold == 0.25
+    city = get_protocol("cityscapes")
     assert (city.short_side, city.crop, city.stride) == (448, 224, 112)
-    assert get_protocol("proxyclip", "ade20k").short_side == 448
+    assert get_protocol("ade20k").short_side == 448
     assert ovss is not None

@@ -145,8 +145,8 @@ def test_tiled_path_equals_full_size_path(tiny_clip, photo, method, kw):
     seg.full_res_budget = 0          # always tile
     seg.tile_budget = 20_000 * 4 * 6 * 56  # ~20k pixels per tile: several tiles, PAMR halos inside
     res = seg.predict(small)
-    assert (res.logits - ref.logits).abs().max() <= 1e-5
-    top2 = ref.logits.topk(2, dim=0).values
+    assert (res.scores - ref.scores).abs().max() <= 1e-5
+    top2 = ref.scores.topk(2, dim=0).values
     assert bool(((res.labels == ref.labels) | ((top2[0] - top2[1]) < 1e-5)).all())
 
 
@@ -172,9 +172,9 @@ def test_large_photo_memory_is_bounded(tiny_clip, photo):
     before = _rss_peak_kib()
     res = seg.predict(big)
     grown_mib = (_rss_peak_kib() - before) / 1024
-    out_mib = (res.logits.numel() * 4 + res.labels.numel() * 8) / 2 ** 20
+    out_mib = (res.scores.numel() * 4 + res.labels.numel() * 8) / 2 ** 20
     full_mib = q * big.shape[0] * big.shape[1] * 4 / 2 ** 20  # one (Q, H, W) float32 map
-    assert res.logits.shape == (21, 2160, 1800)
+    assert res.scores.shape == (21, 2160, 1800)
     # the returned scores + labels, the decoded photo and the tiles; the untiled path needs
     # several (Q, H, W) maps on top (~3.5 GiB here)
     assert grown_mib < out_mib + 200, (grown_mib, out_mib, full_mib)
@@ -189,8 +189,8 @@ def test_precisions_run(tiny_clip, photo, precision):
                                     precision=precision)
     res = seg.predict(photo)
     ref = ovss.create_segmenter("sclip", clip=tiny_clip, dataset="voc21", templates=TEMPLATES[:2]).predict(photo)
-    assert res.logits.dtype == torch.float32 and bool(torch.isfinite(res.logits).all())
-    assert (res.logits - ref.logits).abs().max() <= (0 if precision == "fp32" else 0.5)
+    assert res.scores.dtype == torch.float32 and bool(torch.isfinite(res.scores).all())
+    assert (res.scores - ref.scores).abs().max() <= (0 if precision == "fp32" else 0.5)
     assert res.settings["precision"] == precision
 
 

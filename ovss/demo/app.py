@@ -34,9 +34,10 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import InputError, ModelLoadError, OvssError
-from ..imageio import load_image
+from ..imageio import image_size
+from ..options import parse_option_tokens
 from ..protocols import DATASETS
-from ..registry import available_methods, method_class, method_info, method_options
+from ..registry import available_methods, method_class, method_info, method_options, parse_options
 from ..segmenter import SegmentationResult, Segmenter
 from ..visualize import palette
 from ..vocabulary import Vocabulary, parse_classes
@@ -163,46 +164,35 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def accepted_options(method: str) -> set[str] | None:
-    """Keyword options the method's constructor takes, or None when it takes any."""
-    options = method_options(method)
-    return None if options is None else set(options)
-
-
 def method_kwargs(method: str, model: str | None, pretrained: str | None, device: str | None,
                   dataset: str | None, settings: dict[str, Any], options: str | None) -> dict[str, Any]:
     """Constructor options of one request: the backbone fields, the protocol, the custom
-    settings that are set (None: the protocol's) and the ``--name value`` options text.
+    settings that are set (None: the protocol's) and the ``--name value`` options text, parsed and
+    checked against the method's declared options (:func:`ovss.registry.parse_options`).
 
     Raises:
-        InputError: a setting the method does not have, or unparsable options.
+        InputError: a setting the method does not have, a value of the wrong type or out of range,
+            or unparsable options.
     """
-    from ..cli import parse_extra
-
     method_info(method)
-    accepted = accepted_options(method)
-    kwargs: dict[str, Any] = {}
+    accepted = set(method_options(method))
+    text: dict[str, str] = {}
     for name, value in (("model", model), ("pretrained", pretrained), ("device", device)):
         value = (value or "").strip()
-        if value and (accepted is None or name in accepted):
-            kwargs[name] = value
-    if "pretrained" in kwargs and kwargs["pretrained"].lower() in ("none", "random"):
-        kwargs["pretrained"] = None
+        if value and name in accepted:
+            text[name] = value
+    if text.get("pretrained", "").lower() == "random":
+        text["pretrained"] = "none"
     if dataset and dataset != NO_DATASET:
-        kwargs["dataset"] = dataset
+        text["dataset"] = dataset
     for name, value in settings.items():
         if value is None:
             continue
-        if accepted is not None and name not in accepted:
+        if name not in accepted:
             raise InputError(f"{method} has no {name.replace('_', ' ')} setting: leave that box empty")
-        kwargs[name] = value
-    extra = parse_extra((options or "").split()) if options and options.strip() else {}
-    for name in extra:
-        if accepted is not None and name not in accepted:
-            raise InputError(f"{method} has no option --{name.replace('_', '-')}; "
-                             f"it takes: {', '.join(sorted(accepted))}")
-    kwargs.update(extra)
-    return kwargs
+        text[name] = str(value)
+    text.update(parse_option_tokens((options or "").split()) if options and options.strip() else {})
+    return parse_options(method, text, from_text=True)
 
 
 def custom_settings(short_side: float | str | None, crop: float | str | None,
@@ -228,8 +218,8 @@ def custom_settings(short_side: float | str | None, crop: float | str | None,
 
 
 # --------------------------------------------------------------------------- input checks
-def check_photo(path: str | None, max_megapixels: float) -> np.ndarray:
-    """Read the uploaded photo as (H, W, 3) uint8 RGB, refusing what is not an image or too big.
+def check_photo(path: str | None, max_megapixels: float) -> tuple[int, int]:
+    """Check the uploaded photo from its header before any model loads: (width, height).
 
     Raises:
         InputError: no photo, not an image, or over ``max_megapixels``.
@@ -238,27 +228,28 @@ def check_photo(path: str | None, max_megapixels: float) -> np.ndarray:
         raise InputError("no photo: upload, paste or drop one (or pick an example below it)")
     limit = max_megapixels * 1e6
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except Image.DecompressionBombError:
-        raise InputError(f"the photo is over the limit of {max_megapixels:g} megapixels: "
-                         "resize it first") from None
-    except Exception:  # Pillow cannot read the header: OpenCV decides below
-        w = h = 0
-    if w * h > limit:
-        raise InputError(f"the photo is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-                         f"{max_megapixels:g}: resize it first")
-    try:
-        rgb = load_image(path)
+        size = image_size(path)
     except InputError:
         raise InputError(f"{Path(path).name} is not an image this demo can read: "
                          "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
-    if rgb.shape[0] * rgb.shape[1] > limit:
-        raise InputError(f"the photo is {rgb.shape[1]}x{rgb.shape[0]} = {rgb.shape[0] * rgb.shape[1] / 1e6:.1f} "
-                         f"megapixels, over the limit of {max_megapixels:g}: resize it first")
-    return rgb
+    w, h = size
+    if w * h > limit:
+        raise InputError(f"the photo is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                         f"{max_megapixels:g}: resize it first")
+    return size
+
+
+def decode_photo(seg: Segmenter, path: str) -> np.ndarray:
+    """The photo decoded the way the method decodes files (``Segmenter.read_image``).
+
+    Raises:
+        InputError: an unreadable photo.
+    """
+    try:
+        return seg.read_image(path)
+    except InputError:
+        raise InputError(f"{Path(path).name} is not an image this demo can read: "
+                         "upload a JPEG, PNG, WebP, BMP or TIFF photo") from None
 
 
 def check_classes(text: str | None, dataset: str | None) -> Vocabulary | None:
@@ -365,7 +356,7 @@ def _clean_old_results() -> None:
 def write_files(rgb: np.ndarray, res: SegmentationResult, stem: str, info: dict[str, Any]) -> tuple[list[str], dict]:
     """Write ``<stem>_overlay.png``, ``<stem>_labels.png`` (indexed: pixel = class index) and
     ``<stem>.json`` as ``ovss segment`` does; return their paths and the JSON report."""
-    from ..cli import write_outputs
+    from ..outputs import write_outputs
 
     _clean_old_results()
     out = WORK_DIR / "results" / uuid.uuid4().hex[:12]
@@ -476,7 +467,7 @@ class DemoBackend:
         thd = _threshold(prob_threshold)
         bg = background.strip() if background and background.strip() else None
         kwargs = self._request_kwargs(method, model, pretrained, device, dataset, short_side, crop, stride, options)
-        rgb = check_photo(photo, self.config.max_megapixels)
+        check_photo(photo, self.config.max_megapixels)
         step(0.2, desc=f"loading {method} (the first time takes a while)")
         try:
             seg, load_s = self.cache.get(method, kwargs)
@@ -484,8 +475,10 @@ class DemoBackend:
             raise ModelLoadError(f"{exc}. In this page: type the path of a local checkpoint into "
                                  "the 'pretrained' box (or start ovss demo with --pretrained /path)") from None
         step(0.5, desc=f"segmenting with {method}")
+        assert photo is not None
+        rgb = decode_photo(seg, photo)
         t0 = time.perf_counter()
-        res = seg.predict(rgb, vocab, background=bg, prob_threshold=thd)
+        res = seg.predict(rgb, vocab, background=bg, prob_threshold=thd, image_id=Path(photo).stem)
         info = {"image": Path(photo).name if photo else None, "size": [int(rgb.shape[0]), int(rgb.shape[1])],
                 "seconds": round(time.perf_counter() - t0, 3), "load_seconds": round(load_s, 3)}
         return rgb, res, info
@@ -577,7 +570,7 @@ def _datasets_for(method: str) -> list[str]:
 
 def method_defaults(method: str) -> tuple[str, str]:
     """(model, pretrained) the method uses when the boxes are blank (its constructor defaults)."""
-    options = method_options(method) or {}
+    options = method_options(method)
     out = []
     for name in ("model", "pretrained"):
         p = options.get(name)

@@ -125,19 +125,20 @@ class SegMetrics:
     def summary(self, percent: bool = True) -> dict[str, float | None]:
         """The summary metrics (percent by default; NaN as None), zero-shot ones only with a split."""
         keys = ["mIoU", "mAcc", "aAcc", "fwIoU"] + (["mIoU_seen", "mIoU_unseen", "hIoU"] if self.unseen else [])
-        return {k: _num(getattr(self, k), percent) for k in keys}
+        return {k: metric_value(getattr(self, k), percent) for k in keys}
 
     def per_class(self, classes: Sequence[str], percent: bool = True) -> list[dict]:
         """One dict per class: index, name, IoU, Acc (percent, None where undefined), pixel counts,
         and whether the class is unseen."""
         unseen = set(self.unseen)
-        return [{"index": c, "name": name, "IoU": _num(self.iou[c], percent), "Acc": _num(self.acc[c], percent),
+        return [{"index": c, "name": name, "IoU": metric_value(self.iou[c], percent), "Acc": metric_value(self.acc[c], percent),
                  "gt_pixels": int(self.gt_pixels[c]), "pred_pixels": int(self.pred_pixels[c]),
                  **({"unseen": c in unseen} if self.unseen else {})}
                 for c, name in enumerate(classes)]
 
 
-def _num(x: float, percent: bool) -> float | None:
+def metric_value(x: float, percent: bool) -> float | None:
+    """``x`` as reported: in percent when asked, NaN (undefined) as None."""
     x = float(x)
     if math.isnan(x):
         return None

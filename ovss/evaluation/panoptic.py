@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .metrics import _num
+from .metrics import metric_value
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's OFFSET: segment ids are below 256^3 (RGB-encoded)
@@ -182,12 +182,12 @@ class PanopticMetrics:
 
     def summary(self, percent: bool = True) -> dict[str, float | None]:
         """PQ, SQ, RQ for all categories, things (``_th``) and stuff (``_st``); percent by default, NaN as None."""
-        return {k: _num(getattr(self, k), percent) for k in SUMMARY_KEYS}
+        return {k: metric_value(getattr(self, k), percent) for k in SUMMARY_KEYS}
 
     def per_class(self, classes: Sequence[str], percent: bool = True) -> list[dict]:
         """One dict per category: index, name, isthing, PQ, SQ, RQ (None where it does not occur), tp, fp, fn."""
-        return [{"index": c, "name": name, "isthing": bool(self.isthing[c]), "PQ": _num(self.pq[c], percent),
-                 "SQ": _num(self.sq[c], percent), "RQ": _num(self.rq[c], percent),
+        return [{"index": c, "name": name, "isthing": bool(self.isthing[c]), "PQ": metric_value(self.pq[c], percent),
+                 "SQ": metric_value(self.sq[c], percent), "RQ": metric_value(self.rq[c], percent),
                  "tp": int(self.stats[c, TP]), "fp": int(self.stats[c, FP]), "fn": int(self.stats[c, FN])}
                 for c, name in enumerate(classes)]
 

@@ -8,7 +8,7 @@ output folder keeps a partial state there (confusion matrix + processed image id
 atomically) and resumes from it when started again with the same settings.
 
 On a split with panoptic ground truth (``coco_panoptic``, ``ade20k`` when prepared) a source
-that gives panoptic segments (a method whose constructor takes ``panoptic``, built with
+that gives panoptic segments (a method with ``capabilities.panoptic``, built with
 ``panoptic=True``; or predictions in the COCO panoptic format) is also scored for PQ / SQ / RQ
 (:mod:`ovss.evaluation.panoptic`): the (C, 4) statistics are accumulated beside the confusion
 matrix, kept in the resume state and all-reduced the same way.
@@ -16,17 +16,12 @@ matrix, kept in the resume state and all-reduced the same way.
 
 from __future__ import annotations
 
-import csv
-import datetime as _dt
 import hashlib
 import io
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,364 +30,24 @@ import torch
 from PIL import Image
 
 from .. import registry
-from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset, read_panoptic_png
-from ..segmenter import image_id_kwargs, resolve_device
-from ..errors import DatasetError, InputError, UnknownNameError
-from .metrics import SegMetrics, compute_metrics, confusion_matrix
-from .panoptic import PanopticMetrics, compute_pq, pq_stats
+from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset
+from ..errors import InputError, UnknownNameError
+from ..fileio import atomic_write_bytes, atomic_write_text
+from .distributed import Dist, all_reduce, barrier, dist_setup, eval_device
+from .metrics import compute_metrics, confusion_matrix
+from .panoptic import compute_pq, pq_stats
+from .report import EvalResult, jsonable, print_report, safe_name, write_reports
+from .sources import Panoptic, PredictionDirSource, SegmenterSource
 
-PRED_SUFFIXES = (".png", ".tif", ".tiff")
+__all__ = ["evaluate", "EvalResult", "print_report", "write_reports"]
+
 SAVE_EVERY = 25  # images between two partial-state writes (also written on interruption)
-
-
-# --- sources of label maps ---------------------------------------------------------------------
-
-#: A panoptic prediction: (H, W) int64 segment ids (0 = no segment) and the segments, each with
-#: ``id`` and ``category_id`` (contiguous: the dataset's class index).
-Panoptic = tuple[np.ndarray, list[dict[str, Any]]]
-
-
-@dataclass
-class Prediction:
-    """What a source gives for one image: the (H, W) label map, and the panoptic segments when
-    the run scores PQ."""
-
-    labels: np.ndarray
-    panoptic: Panoptic | None = None
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-class SegmenterSource:
-    """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb) -> result.labels``), and
-    with ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``)."""
-
-    needs_image = True
-
-    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False) -> None:
-        self.segmenter = segmenter
-        self.num_classes = num_classes
-        self.panoptic = panoptic
-        self._checked = False
-
-    def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
-        # no inference_mode here: GradCAM methods need autograd
-        res = self.segmenter.predict(image, **image_id_kwargs(self.segmenter, Path(sample.id).name))
-        classes = getattr(res, "classes", None)
-        if not self._checked and classes is not None and len(classes) != self.num_classes:
-            # the panoptic category ids index the same class list, so this also guards PQ
-            raise InputError(f"the segmenter scores {len(classes)} classes but the dataset has "
-                             f"{self.num_classes}: build it for this dataset (create_segmenter(..., dataset=...))")
-        self._checked = True
-        if not self.panoptic:
-            return Prediction(_numpy(res.labels))
-        pan = (getattr(res, "extras", None) or {}).get("panoptic")
-        if not isinstance(pan, dict) or "panoptic_seg" not in pan:
-            raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
-                             "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
-        return Prediction(_numpy(res.labels), (_numpy(pan["panoptic_seg"]).astype(np.int64),
-                                               list(pan.get("segments", []))))
-
-    def describe(self) -> dict[str, Any]:
-        settings = getattr(self.segmenter, "settings", None)
-        try:
-            out = settings() if callable(settings) else {}
-        except Exception:  # a stand-in segmenter without full settings still evaluates
-            out = {}
-        return {"segmenter": type(self.segmenter).__name__, "settings": _jsonable(out)}
-
-
-class PredictionDirSource:
-    """Label maps read from ``folder``: one PNG (or TIFF) per image, named like the image.
-
-    For image id ``a/b`` with image file ``a/b_leftImg8bit.png`` the names tried are
-    ``a/b.png``, ``a/b_leftImg8bit.png``, ``b.png``, ``b_leftImg8bit.png`` (and ``.tif``/``.tiff``):
-    values must be class indices of the dataset in order (the reduced classes for
-    reduce-zero-label datasets), at the image's original size. With ``panoptic_json``, also
-    panoptic predictions (see :class:`PanopticPredictions`).
-    """
-
-    needs_image = False
-
-    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None) -> None:
-        self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise InputError(f"predictions folder {self.folder} does not exist")
-        self.image_root = dataset.root / dataset.layout.image_dir
-        self.panoptic = PanopticPredictions(panoptic_json, dataset) if panoptic_json is not None else None
-
-    def candidates(self, sample: Sample) -> list[Path]:
-        try:
-            image_rel = sample.image.relative_to(self.image_root)
-        except ValueError:
-            image_rel = Path(sample.image.name)
-        stems = [sample.id, str(image_rel.with_suffix("")), Path(sample.id).name, image_rel.with_suffix("").name]
-        seen: list[Path] = []
-        for stem in dict.fromkeys(stems):
-            for ext in PRED_SUFFIXES:
-                p = self.folder / f"{stem}{ext}"
-                if p not in seen:
-                    seen.append(p)
-        return seen
-
-    def find(self, sample: Sample) -> Path | None:
-        return next((p for p in self.candidates(sample) if p.is_file()), None)
-
-    def check(self, samples: Sequence[Sample]) -> None:
-        """Raise :class:`InputError` when a prediction file is missing (before the long loop)."""
-        missing = [s for s in samples if self.find(s) is None]
-        if missing:
-            tried = ", ".join(p.name for p in self.candidates(missing[0])[::len(PRED_SUFFIXES)])
-            raise InputError(f"{len(missing)} of {len(samples)} images have no prediction in {self.folder} "
-                             f"(first: image {missing[0].image.name}; tried {tried} and .tif): name each label "
-                             "map like its image")
-        if self.panoptic is not None:
-            self.panoptic.check(samples)
-
-    def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
-        path = self.find(sample)
-        if path is None:
-            raise InputError(f"no prediction for image {sample.image.name} in {self.folder}")
-        try:
-            with Image.open(path) as im:
-                arr = np.array(im)
-        except Exception as exc:
-            raise InputError(f"cannot read prediction {path} ({exc.__class__.__name__})") from None
-        if arr.ndim != 2:
-            raise InputError(f"prediction {path} has shape {arr.shape}: expected a single-channel label map "
-                             "of class indices, not a colour image")
-        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None)
-
-    def describe(self) -> dict[str, Any]:
-        return {"predictions": str(self.folder),
-                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None}
-
-
-class PanopticPredictions:
-    """Panoptic predictions in the COCO panoptic format, as panopticapi ``pq_compute`` reads them:
-    a JSON ``{"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id"}]}]}``
-    (category ids of the dataset's panoptic JSON) and the RGB PNGs it names, in the folder named like
-    the JSON without ``.json`` (panopticapi's default ``pred_folder``) or else beside it. Images are
-    matched by ``image_id``, as panopticapi does.
-
-    Raises:
-        InputError: unreadable JSON, the dataset has no panoptic ground truth.
-    """
-
-    def __init__(self, json_file: str | Path, dataset: EvalDataset) -> None:
-        self.json_path = Path(json_file).expanduser()
-        if dataset.panoptic is None:
-            raise InputError(f"{dataset.name}: no panoptic ground truth under {dataset.root}, so panoptic "
-                             "predictions cannot be scored (see docs/datasets.md)")
-        self.gt = dataset.panoptic
-        try:
-            data = json.loads(self.json_path.read_text(encoding="utf-8"))
-            annotations = data["annotations"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"cannot read panoptic predictions {self.json_path} ({exc.__class__.__name__}: {exc}); "
-                             "expected a COCO panoptic JSON with 'annotations'") from None
-        stem_dir = self.json_path.with_suffix("")
-        self.folder = stem_dir if stem_dir.is_dir() else self.json_path.parent
-        self.by_image = {str(a.get("image_id")): a for a in annotations}
-        self.contiguous = self.gt.contiguous
-
-    def _annotation(self, sample: Sample) -> dict[str, Any] | None:
-        image_id = self.gt.annotations[Path(sample.id).name]["image_id"]
-        return self.by_image.get(str(image_id))
-
-    def check(self, samples: Sequence[Sample]) -> None:
-        """Raise :class:`InputError` when an image has no annotation or PNG (before the long loop)."""
-        missing = [s for s in samples if self._annotation(s) is None]
-        if missing:
-            raise InputError(f"{len(missing)} of {len(samples)} images have no annotation in {self.json_path} "
-                             f"(first: {missing[0].id}); images are matched by image_id")
-        no_png = [s for s in samples if not (self.folder / self._annotation(s)["file_name"]).is_file()]
-        if no_png:
-            raise InputError(f"{len(no_png)} of {len(samples)} panoptic predictions have no PNG in {self.folder} "
-                             f"(first: {self._annotation(no_png[0])['file_name']})")
-
-    def __call__(self, sample: Sample) -> Panoptic:
-        ann = self._annotation(sample)
-        assert ann is not None  # check() ran first
-        try:
-            ids = read_panoptic_png(self.folder / ann["file_name"])
-        except DatasetError as exc:
-            raise InputError(str(exc)) from None
-        segments = []
-        for seg in ann.get("segments_info", []):
-            cat = int(seg["category_id"])
-            if cat not in self.contiguous:
-                raise InputError(f"{self.json_path}: segment {seg.get('id')} of {ann['file_name']} has category_id "
-                                 f"{cat}, which is not a category of {self.gt.json_path}")
-            segments.append({**seg, "category_id": self.contiguous[cat]})
-        return ids, segments
-
-
-# --- result ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalResult:
-    """What :func:`evaluate` returns (the same on every rank).
-
-    Attributes:
-        dataset: the opened split.
-        name: run name (``<dataset>_<name>`` is the report file stem).
-        matrix: (C, C) int64 confusion matrix over all scored pixels (rows GT, columns prediction).
-        metrics: metrics as fractions (see :class:`ovss.evaluation.metrics.SegMetrics`).
-        num_images: images scored.
-        elapsed_s: wall-clock seconds (summed over resumed sessions).
-        config: the full configuration, JSON-able.
-        json_path / csv_path: the reports written (rank 0 with an output folder), else None.
-        pq_stats: (C, 4) float64 ``[tp, fp, fn, iou_sum]`` per class when PQ was scored, else None.
-        panoptic: PQ / SQ / RQ as fractions when PQ was scored, else None.
-    """
-
-    dataset: EvalDataset
-    name: str
-    matrix: np.ndarray
-    metrics: SegMetrics
-    num_images: int
-    elapsed_s: float
-    config: dict[str, Any]
-    json_path: Path | None = None
-    csv_path: Path | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    pq_stats: np.ndarray | None = None
-    panoptic: PanopticMetrics | None = None
-
-    def summary(self, percent: bool = True) -> dict[str, float | None]:
-        """The summary metrics: mIoU, mAcc, aAcc, fwIoU (seen/unseen, hIoU), then PQ / SQ / RQ
-        (all, ``_th`` things, ``_st`` stuff) when PQ was scored; percent by default, NaN as None."""
-        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {})}
-
-    def per_class(self, percent: bool = True) -> list[dict]:
-        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was scored."""
-        rows = self.metrics.per_class(self.dataset.classes, percent)
-        if self.panoptic is not None:
-            rows = [{**r, **p} for r, p in zip(rows, self.panoptic.per_class(self.dataset.classes, percent))]
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON report: metrics in percent, per-class IoU/Acc (and PQ), configuration, versions, time."""
-        return {
-            "dataset": self.dataset.name,
-            "name": self.name,
-            "units": "percent",
-            "metrics": self.summary(percent=True),
-            "per_class": self.per_class(percent=True),
-            "num_images": self.num_images,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "images_per_s": round(self.num_images / self.elapsed_s, 3) if self.elapsed_s > 0 else None,
-            "config": self.config,
-            "versions": versions(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **self.extras,
-        }
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python, ovss and the libraries that can change the numbers."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("ovss", "torch", "torchvision", "numpy", "open_clip_torch", "timm", "transformers",
-                "opencv-python-headless", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
-    if torch.cuda.is_available():
-        out["cuda"] = str(torch.version.cuda)
-        out["gpu"] = torch.cuda.get_device_name()
-    return out
-
-
-def _jsonable(x: Any) -> Any:
-    """``x`` as plain JSON types (unknown objects as their str, NaN/inf as None: strict JSON)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(w) for k, w in v.items()}
-        if isinstance(v, list):
-            return [clean(w) for w in v]
-        return v
-
-    return clean(json.loads(json.dumps(x, default=str)))
-
-
-# --- distributed -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    backend: str | None = None
-    owns_group: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def _resolve_device(device: str | torch.device | None) -> str:
-    """"auto"/None -> cuda (this rank's LOCAL_RANK GPU) when available, else cpu; "cuda" -> cuda:LOCAL_RANK."""
-    d = str(device) if device is not None else "auto"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cuda" and torch.cuda.is_available() and "WORLD_SIZE" in os.environ:
-        d = f"cuda:{local}"
-    return str(resolve_device(d))
-
-
-def _dist_setup(device: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(), dist.get_backend(), False)
-    if world <= 1:
-        return _Dist()
-    if not dist.is_available():
-        raise InputError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(torch.device(device))
-    try:
-        dist.init_process_group(backend=backend)
-    except (ValueError, RuntimeError) as exc:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR/PORT
-        raise InputError(f"cannot start torch.distributed ({backend}) with WORLD_SIZE={world}: {exc}; "
-                         "launch with torchrun, or unset WORLD_SIZE for one process") from None
-    return _Dist(dist.get_rank(), dist.get_world_size(), backend, True)
-
-
-def _all_reduce(d: _Dist, arr: np.ndarray, device: str, op: str = "sum") -> np.ndarray:
-    if not d.active:
-        return arr
-    import torch.distributed as dist
-
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if d.backend == "nccl":  # NCCL reduces CUDA tensors only, whatever device scored the images
-        cuda = torch.device(device) if device.startswith("cuda") else torch.device("cuda", torch.cuda.current_device())
-        t = t.to(cuda)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.cpu().numpy()
-
-
-def _barrier(d: _Dist, device: str) -> None:
-    if d.active:
-        _all_reduce(d, np.zeros(1, dtype=np.int64), device)  # a tiny collective works on any backend
 
 
 # --- partial state (resume) -------------------------------------------------------------------------
 
 
-def _state_path(output_dir: Path, stem: str, d: _Dist) -> Path:
+def _state_path(output_dir: Path, stem: str, d: Dist) -> Path:
     return output_dir / f".{stem}.partial.rank{d.rank}of{d.world}.npz"
 
 
@@ -401,7 +56,7 @@ def _save_state(path: Path, matrix: np.ndarray, pq: np.ndarray, done: list[str],
     buf = io.BytesIO()
     np.savez(buf, matrix=matrix, pq=pq, done=np.array(done, dtype=str), fingerprint=np.array(fingerprint),
              elapsed=np.array(elapsed, dtype=np.float64))
-    _atomic_bytes(path, buf.getvalue())  # a kill mid-write leaves the previous state intact
+    atomic_write_bytes(path, buf.getvalue())  # a kill mid-write leaves the previous state intact
 
 
 def _load_state(path: Path, fingerprint: str, num_classes: int
@@ -425,13 +80,13 @@ def _load_state(path: Path, fingerprint: str, num_classes: int
 Loaded = tuple[int, np.ndarray | None, np.ndarray, Panoptic | None]  # index, image, label, panoptic GT
 
 
-def _prefetch(dataset: EvalDataset, indices: list[int], need_image: bool, need_panoptic: bool = False,
-              workers: int = 2, depth: int = 4) -> Iterator[Loaded]:
+def _prefetch(dataset: EvalDataset, indices: list[int], decode: Callable[[Path], np.ndarray] | None,
+              need_panoptic: bool = False, workers: int = 2, depth: int = 4) -> Iterator[Loaded]:
     """Yield (index, image, label, panoptic ground truth) in order, decoding a few ahead in threads
-    (cv2/PIL release the GIL)."""
+    (cv2/PIL release the GIL); images are decoded by ``decode`` (None: not needed)."""
 
     def load(i: int) -> Loaded:
-        return (i, dataset.read_image(i) if need_image else None, dataset.read_label(i),
+        return (i, decode(dataset.samples[i].image) if decode is not None else None, dataset.read_label(i),
                 dataset.read_panoptic(i) if need_panoptic else None)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -471,8 +126,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
     label maps named like the images; see :class:`PredictionDirSource`).
 
     PQ (:mod:`ovss.evaluation.panoptic`) is scored besides when the split has panoptic ground
-    truth and the source gives panoptic segments: a ``method`` whose constructor takes
-    ``panoptic`` (it is then built with ``panoptic=True``), a ``segmenter`` whose ``panoptic``
+    truth and the source gives panoptic segments: a ``method`` with ``capabilities.panoptic``
+    (it is then built with ``panoptic=True``), a ``segmenter`` whose ``panoptic``
     attribute is true (its results carry ``extras["panoptic"]``: ``panoptic_seg`` (H, W) ids and
     ``segments`` with ``id`` and ``category_id``, the index into the dataset's classes), or
     ``panoptic_predictions`` beside ``predictions``.
@@ -533,8 +188,8 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
     elif predictions is not None and not str(device).startswith("cuda"):
         dev = "cpu"  # reading PNGs needs no GPU; Gloo all-reduces on CPU
     else:
-        dev = _resolve_device(device)
-    d = _dist_setup(dev)
+        dev = eval_device(device)
+    d = dist_setup(dev)
     try:
         return _evaluate(ds, d, dev, t_start, segmenter=segmenter, method=method, model=model,
                          pretrained=pretrained, predictions=predictions, limit=limit, output_dir=output_dir,
@@ -547,17 +202,6 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def _takes_option(cls: Any, option: str) -> bool:
-    """Whether the constructor of ``cls`` names keyword ``option`` (its signature, as
-    :func:`ovss.segmenter.image_id_kwargs` reads ``predict``'s)."""
-    import inspect
-
-    try:
-        return option in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | None, segmenter: Any,
@@ -579,10 +223,10 @@ def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | Non
         able, how = True, ""
     elif method is not None:
         try:
-            able = _takes_option(registry.method_class(method), "panoptic")
+            able = registry.method_class(method).capabilities.panoptic
         except UnknownNameError:  # create_segmenter reports it with the list of methods
             able = False
-        how = f"method {method!r} has no panoptic option"
+        how = f"method {method!r} has no panoptic output"
     elif segmenter is not None:
         # a built segmenter cannot be rebuilt: trust the caller, or the segmenter's own setting
         able = bool(requested) or getattr(segmenter, "panoptic", False) is True
@@ -594,7 +238,7 @@ def _panoptic_mode(ds: EvalDataset, requested: bool | None, *, method: str | Non
     return able
 
 
-def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter: Any, method: str | None,
+def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: Any, method: str | None,
               model: str | None, pretrained: str | None, predictions: str | Path | None, limit: int | None,
               output_dir: str | Path | None, name: str | None, resume: bool, progress: bool,
               save_predictions: str | Path | None, segmenter_options: dict[str, Any],
@@ -606,7 +250,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     shard = indices[d.rank::d.world]
     run_name = name or method or (getattr(segmenter, "method", None) or type(segmenter).__name__.lower()
                                   if segmenter is not None else "predictions")
-    stem = f"{ds.name}_{_safe(run_name)}"
+    stem = f"{ds.name}_{safe_name(run_name)}"
 
     source: SegmenterSource | PredictionDirSource
     if predictions is not None:
@@ -628,7 +272,7 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         **ds.describe(),
         "name": run_name, "method": method, "model": model, "pretrained": pretrained,
         "predictions": str(predictions) if predictions is not None else None,
-        "segmenter_options": _jsonable(segmenter_options), "device": dev, "limit": limit,
+        "segmenter_options": jsonable(segmenter_options), "device": dev, "limit": limit,
         "num_images_split": len(ds), "num_images_official": ds.spec.num_images,
         "world_size": d.world, "backend": d.backend, "panoptic": with_pq,
         **source.describe(),
@@ -666,7 +310,8 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
     t_loop = time.perf_counter()
     since_save = 0
     try:
-        for i, image, label, pan_gt in _prefetch(ds, todo, source.needs_image, with_pq):
+        decode = source.decode if isinstance(source, SegmenterSource) else None
+        for i, image, label, pan_gt in _prefetch(ds, todo, decode, with_pq):
             sample = ds.samples[i]
             pred = source(sample, image)
             try:
@@ -702,10 +347,10 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
             bar.close()
     loop_s = time.perf_counter() - t_loop
 
-    total = _all_reduce(d, matrix, dev)
-    pq_total = _all_reduce(d, pq, dev) if with_pq else None
-    n_images = int(_all_reduce(d, np.array([len(done)], dtype=np.int64), dev)[0])
-    elapsed = float(_all_reduce(d, np.array([prev_elapsed + time.perf_counter() - t_start]), dev, op="max")[0])
+    total = all_reduce(d, matrix, dev)
+    pq_total = all_reduce(d, pq, dev) if with_pq else None
+    n_images = int(all_reduce(d, np.array([len(done)], dtype=np.int64), dev)[0])
+    elapsed = float(all_reduce(d, np.array([prev_elapsed + time.perf_counter() - t_start]), dev, op="max")[0])
     if unseen is None:
         unseen = ds.spec.unseen_indices
     metrics = compute_metrics(total, unseen or None)
@@ -716,14 +361,10 @@ def _evaluate(ds: EvalDataset, d: _Dist, dev: str, t_start: float, *, segmenter:
         result.json_path, result.csv_path = write_reports(result, out_dir, stem)
     if save_dir is not None and with_pq and d.rank == 0:  # past the all-reduces every rank has saved its images
         _merge_panoptic_json(save_dir, ds, [ds.samples[i] for i in indices])
-    _barrier(d, dev)
+    barrier(d, dev)
     if state_path is not None and state_path.exists():
         state_path.unlink()
     return result
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
 
 
 def _save_label_map(path: Path, labels: np.ndarray, num_classes: int) -> None:
@@ -747,7 +388,7 @@ def _save_panoptic(save_dir: Path, ds: EvalDataset, sample: Sample, panoptic: Pa
              "category_id": ds.panoptic.category_ids[int(seg["category_id"])]} for seg in segments]
     ann = {"image_id": ds.panoptic.annotations[Path(sample.id).name]["image_id"], "file_name": f"{sample.id}.png",
            "segments_info": info}
-    _atomic_text(png.with_suffix(".json"), json.dumps(_jsonable(ann)))
+    atomic_write_text(png.with_suffix(".json"), json.dumps(jsonable(ann)))
 
 
 def _merge_panoptic_json(save_dir: Path, ds: EvalDataset, samples: Sequence[Sample]) -> None:
@@ -757,109 +398,8 @@ def _merge_panoptic_json(save_dir: Path, ds: EvalDataset, samples: Sequence[Samp
     annotations = [json.loads(p.read_text(encoding="utf-8")) for p in parts if p.is_file()]
     categories = [{"id": c, "name": name, "isthing": int(t)}
                   for c, name, t in zip(ds.panoptic.category_ids, ds.classes, ds.panoptic.isthing)]
-    _atomic_text(save_dir / f"{PANOPTIC_DIR}.json", json.dumps({"annotations": annotations, "categories": categories}))
+    atomic_write_text(save_dir / f"{PANOPTIC_DIR}.json", json.dumps({"annotations": annotations, "categories": categories}))
     for p in parts:
         p.unlink(missing_ok=True)
 
 
-# --- reports ----------------------------------------------------------------------------------------
-
-
-def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None = None) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row: summary + per-class IoU, and
-    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix) and,
-    when PQ was scored, ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``) atomically.
-
-    Returns:
-        The JSON and CSV paths.
-    """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = stem or f"{result.dataset.name}_{_safe(result.name)}"
-    report = result.to_dict()
-    json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
-    _atomic_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-    cfg = result.config
-    row: dict[str, Any] = {"dataset": result.dataset.name, "name": result.name, "method": cfg.get("method"),
-                           "model": cfg.get("model"), "pretrained": cfg.get("pretrained"),
-                           "num_images": result.num_images}
-    row.update({k: _fmt(v) for k, v in report["metrics"].items()})
-    for metric in ("IoU", "PQ") if result.panoptic is not None else ("IoU",):
-        for c in report["per_class"]:
-            row[f"{metric}-{c['index']}-{c['name']}"] = _fmt(c[metric])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
-    writer.writeheader()
-    writer.writerow(row)
-    _atomic_text(csv_path, buf.getvalue())
-    arrays = {"confusion": result.matrix} if result.pq_stats is None else {"confusion": result.matrix,
-                                                                          "pq": result.pq_stats}
-    for suffix, arr in arrays.items():
-        buf_np = io.BytesIO()
-        np.save(buf_np, arr)
-        _atomic_bytes(out / f"{stem}_{suffix}.npy", buf_np.getvalue())
-    return json_path, csv_path
-
-
-def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.4f}"
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_bytes(path, text.encode("utf-8"))
-
-
-def print_report(result: EvalResult, console: Any = None) -> None:
-    """Print the per-class table and the summary metrics (percent) with rich; with PQ also the
-    per-class PQ / SQ / RQ and a PQ table for all categories, things and stuff."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    m, pan = result.metrics, result.panoptic
-    unseen = set(m.unseen)
-    table = Table(title=f"{result.dataset.name} / {result.name}: {result.num_images} images", show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("class")
-    table.add_column("IoU", justify="right")
-    table.add_column("Acc", justify="right")
-    if unseen:
-        table.add_column("split")
-    if pan is not None:
-        table.add_column("kind")
-        for k in ("PQ", "SQ", "RQ"):
-            table.add_column(k, justify="right")
-    for c in result.per_class():
-        cells = [str(c["index"]), c["name"], _cell(c["IoU"]), _cell(c["Acc"])]
-        if unseen:
-            cells.append("unseen" if c["index"] in unseen else "seen")
-        if pan is not None:
-            cells += ["thing" if c["isthing"] else "stuff", _cell(c["PQ"]), _cell(c["SQ"]), _cell(c["RQ"])]
-        table.add_row(*cells)
-    console.print(table)
-    summary = Table(show_header=True)
-    values = m.summary()
-    for k in values:
-        summary.add_column(k, justify="right")
-    summary.add_row(*[_cell(v) for v in values.values()])
-    console.print(summary)
-    if pan is not None:
-        pq_table = Table(show_header=True)
-        for k in ("", "PQ", "SQ", "RQ", "categories"):
-            pq_table.add_column(k, justify="right")
-        values = pan.summary()
-        for label, suffix, n in (("All", "", pan.n), ("Things", "_th", pan.n_th), ("Stuff", "_st", pan.n_st)):
-            pq_table.add_row(label, *[_cell(values[k + suffix]) for k in ("PQ", "SQ", "RQ")], str(n))
-        console.print(pq_table)
-    console.print(f"{result.elapsed_s:.1f} s, {result.num_images / max(result.elapsed_s, 1e-9):.2f} images/s"
-                  + (f"; report: {result.json_path}" if result.json_path else ""))
-
-
-def _cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"

@@ -22,7 +22,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested dicts: ``{"A.B": 1}`` -> ``{"A": {"B": 1}}``."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         node = out
@@ -54,7 +55,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"config {path} is not a mapping")
     if any("." in k for k in data):
-        data = _merge(_nest({k: v for k, v in data.items() if "." in k}),
+        data = _merge(nest_keys({k: v for k, v in data.items() if "." in k}),
                       {k: v for k, v in data.items() if "." not in k})
     base = data.pop("_BASE_", None)
     if base:

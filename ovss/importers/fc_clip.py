@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ..backbones.clip import load_into, load_state_dict_file
+from ..checkpoints import load_into, load_state_dict
+from ..constants import CLIP_MEAN_255_D2, CLIP_STD_255_D2
 from ..errors import ModelLoadError
 from ..models.mask2former import FCCLIPConfig, FCCLIPNet
 from .d2config import cfg_get, load_config
@@ -58,8 +59,8 @@ class FCCLIPSettings:
     object_mask_threshold: float = 0.0
     overlap_threshold: float = 0.8
     size_divisibility: int = 32
-    pixel_mean: tuple[float, ...] = (122.7709383, 116.7460125, 104.09373615)
-    pixel_std: tuple[float, ...] = (68.5005327, 66.6321579, 70.32316305)
+    pixel_mean: tuple[float, ...] = CLIP_MEAN_255_D2
+    pixel_std: tuple[float, ...] = CLIP_STD_255_D2
     min_size_test: int | None = None
     max_size_test: int | None = None
 
@@ -71,7 +72,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ModelLoadError: unreadable file, or not an FC-CLIP checkpoint (the message names what
             it looks like instead).
     """
-    sd = load_state_dict_file(path)
+    sd = load_state_dict(path)
     missing = [k for k in _SIGNATURE if k not in sd]
     if missing:
         raise ModelLoadError(f"{path} is not an FC-CLIP checkpoint ({_describe(sd)}; it lacks {missing[0]}): "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, split_heads
+from ..protocols import CLEARCLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
 from .sclip import self_self_attention
 
@@ -24,8 +25,7 @@ class ClearCLIP(DenseCLIPSegmenter):
     """
 
     method = "clearclip"
-    paper = "Lan et al., ECCV 2024 (ClearCLIP)"
-    family = "clearclip"
+    protocols = CLEARCLIP_PROTOCOLS
 
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         q, _, v = split_heads(block, block.ln_1(x))

@@ -31,7 +31,7 @@ import copy
 import math
 import os
 import warnings
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -41,17 +41,15 @@ from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..backbones.vit_dense import check_dense_vit, dense_features, patch_size
+from ..constants import CLIP_MEAN_255_MMSEG, CLIP_STD_255_MMSEG
 from ..errors import InputError
-from ..imageio import ImageInput, load_image
 from ..pamr import pamr
-from ..protocols import BACKGROUND_DATASETS, Protocol, get_protocol
-from ..segmenter import SegmentationResult, Segmenter
+from ..options import Count, Fraction, Pixels, Positive, PositiveInt
+from ..protocols import DenseCLIPProtocol
+from ..segmenter import Capabilities, Segmentation, Segmenter
 from ..text import IMAGENET_TEMPLATES, class_embeddings
-from ..vocabulary import BACKGROUND, ClassesInput, Vocabulary, packaged_class_file, parse_classes, read_class_file
+from ..vocabulary import Vocabulary
 
-#: CLIP's normalisation on the 0-255 scale, RGB (SegDataPreProcessor of the SCLIP family).
-CLIP_MEAN = (122.771, 116.746, 104.094)
-CLIP_STD = (68.501, 66.632, 70.323)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -73,7 +71,7 @@ def resize_short_side(rgb: np.ndarray, short_side: int, long_side: int = 2048) -
     return cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
 
 
-def normalize(rgb: np.ndarray, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+def normalize(rgb: np.ndarray, mean: Sequence[float] = CLIP_MEAN_255_MMSEG, std: Sequence[float] = CLIP_STD_255_MMSEG) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 ``(x - mean) / std`` (mmseg SegDataPreProcessor)."""
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -278,33 +276,30 @@ class DenseCLIPSegmenter(Segmenter):
         model: open_clip model name ("ViT-B-16") or open_clip model-config JSON path.
         pretrained: open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or a local
             checkpoint file; None/"" for random weights.
-        dataset: benchmark whose official protocol to use ("voc21", "context59", ...; see
-            :data:`ovss.protocols.DATASETS`), including the method's own class file; None for
-            free-form use with the method's default settings.
-        device: "cpu", "cuda", "cuda:1", ...
-        classes: default classes for :meth:`predict` (overrides the dataset's class file).
-        background: words scoring a background class (index 0); overrides the protocol's.
-        short_side, long_side, crop, stride, logit_scale, prob_threshold, area_threshold,
-        pamr_steps, pamr_dilations: override the protocol's values (see
-            :class:`ovss.protocols.Protocol`); ``crop=0`` runs the whole image.
-        max_long_side: the name the other methods give ``long_side`` (the resized image's
-            longer side is at most this many pixels).
+        crop, stride, logit_scale, prob_threshold, area_threshold, pamr_steps, pamr_dilations:
+            override the protocol's values (see :class:`ovss.protocols.DenseCLIPProtocol`);
+            ``crop=0`` runs the whole image; ``stride`` may not exceed ``crop``.
+        long_side: the old name of ``max_long_side`` (the resized image's longer side is at most
+            this many pixels).
         templates: prompt templates (default: the 80 OpenAI ImageNet templates).
         batch_size: sliding windows per forward pass; None or "auto" (default): as many as
             :func:`memory_budget` allows (at most 32). Results do not depend on it.
-        precision: "fp32" (default, exact); "bf16" (CPUs with native bf16, GPUs) or "fp16"
-            (GPUs; emulated and slow on CPU): the image encoder runs on a copy of CLIP's
-            visual tower converted once (:meth:`compute_visual`); logits and post-processing
-            stay float32.
         use_cache: keep class embeddings in the on-disk cache.
+        clip: an already loaded CLIP (Python only; skips ``model`` / ``pretrained``).
+        **common: dataset, device, short_side, max_long_side, precision ("fp32" exact; "bf16" on
+            CPUs with native bf16 and GPUs, "fp16" on GPUs: the image encoder runs on a copy of
+            CLIP's visual tower converted once, :meth:`compute_visual`; logits and post-processing
+            stay float32), classes, background: see :class:`ovss.segmenter.Segmenter`.
 
     Raises:
         UnknownNameError: unknown model, tag or dataset protocol.
         ModelLoadError: weights unreachable, checkpoint of another architecture, or a
             non-ViT model.
+        InputError: a bad option value (stride larger than crop, ...).
     """
 
-    family: ClassVar[str] = "sclip_naclip"
+    capabilities = Capabilities(background=True, prob_threshold=True, decoder="opencv", tiling=True,
+                                score_kind="probability", precisions=tuple(PRECISIONS))
     #: NACLIP returns scores renormalised over classes (``naclip.py`` at 0cac3a6)
     renormalize: ClassVar[bool] = False
     #: whole-image logits resized to the network input first, then to the original size
@@ -320,48 +315,44 @@ class DenseCLIPSegmenter(Segmenter):
     #: most windows per forward pass with the automatic batch size
     max_auto_batch: ClassVar[int] = 32
 
-    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", dataset: str | None = None,
-                 device: str | torch.device = "cpu", *, classes: ClassesInput | None = None,
-                 background: Sequence[str] | str | None = None, short_side: int | None = None,
-                 long_side: int | None = None, max_long_side: int | None = None, crop: int | None = None,
-                 stride: int | None = None,
-                 logit_scale: float | None = None, prob_threshold: float | None = None,
-                 area_threshold: float | None = None, pamr_steps: int | None = None,
-                 pamr_dilations: Sequence[int] | None = None, templates: Sequence[str] | None = None,
-                 batch_size: int | str | None = None, precision: str = "fp32", use_cache: bool = True,
-                 clip: LoadedCLIP | None = None) -> None:
-        super().__init__(device)
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", *,
+                 long_side: Pixels | None = None, crop: Count | None = None, stride: PositiveInt | None = None,
+                 logit_scale: Positive | None = None, prob_threshold: Fraction | None = None,
+                 area_threshold: Fraction | None = None, pamr_steps: Count | None = None,
+                 pamr_dilations: Sequence[PositiveInt] | None = None, templates: Sequence[str] | None = None,
+                 batch_size: PositiveInt | Literal["auto"] | None = None, use_cache: bool = True,
+                 clip: LoadedCLIP | None = None, **common: Any) -> None:
+        common["max_long_side"] = long_side_option(long_side, common.get("max_long_side"))
+        super().__init__(**common)
         if batch_size == "auto":
             batch_size = None
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-        self.protocol: Protocol = get_protocol(self.method, dataset).with_overrides(
-            short_side=short_side, long_side=long_side_option(long_side, max_long_side), crop=crop, stride=stride, logit_scale=logit_scale,
-            prob_threshold=prob_threshold, area_threshold=area_threshold, pamr_steps=pamr_steps,
+        self.protocol: DenseCLIPProtocol = self.protocol.with_overrides(
+            crop=crop, stride=stride, logit_scale=logit_scale, prob_threshold=prob_threshold,
+            area_threshold=area_threshold, pamr_steps=pamr_steps,
             pamr_dilations=tuple(pamr_dilations) if pamr_dilations is not None else None)
         p = self.protocol
-        if p.crop < 0 or (p.crop > 0 and p.stride <= 0) or p.short_side <= 0:
-            raise InputError(f"invalid window settings: short_side={p.short_side}, crop={p.crop}, stride={p.stride}")
+        if p.crop < 0 or (p.crop > 0 and not 0 < p.stride <= p.crop) or p.short_side <= 0:
+            raise InputError(f"invalid window settings: short_side={p.short_side}, crop={p.crop}, stride={p.stride} "
+                             "(need crop >= 0 and 0 < stride <= crop: a stride beyond the crop leaves pixels "
+                             "no window covers)")
+        if not math.isfinite(p.logit_scale) or p.logit_scale <= 0:
+            raise InputError(f"logit_scale must be a finite number > 0, got {p.logit_scale}")
         self.clip = clip if clip is not None else load_clip(model, pretrained, self.device)
-        check_precision(precision, self.device)
+        check_precision(self.precision, self.device)
         check_dense_vit(self.clip.visual, self.clip.name)
+        patch = max(patch_size(self.clip.visual))
+        if 0 < p.crop < patch and not p.pad_crops:
+            raise InputError(f"crop {p.crop} is smaller than a patch of {self.clip.name} ({patch} px): use crop >= "
+                             f"{patch} or crop=0 (whole image)")
         self.templates = tuple(templates) if templates is not None else IMAGENET_TEMPLATES
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise InputError("each prompt template needs exactly one '{}' where the class name goes")
         self.batch_size: int | None = batch_size
-        self.precision = precision
         self.use_cache = use_cache
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
-        self.default_vocab: Vocabulary | None = None
-        if classes is not None:
-            self.default_vocab = parse_classes(classes)
-        elif p.class_file is not None:
-            self.default_vocab = self.dataset_vocabulary()
-        self.background_words = _words(background)
-        if self.default_vocab is not None:
-            self.default_vocab = self._with_background(self.default_vocab, self.background_words, p.prob_threshold)
 
     # ----------------------------------------------------------------- method hook
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -377,42 +368,7 @@ class DenseCLIPSegmenter(Segmenter):
         """
         raise NotImplementedError
 
-    # ----------------------------------------------------------------- vocabulary
-    def dataset_vocabulary(self) -> Vocabulary:
-        """The protocol's official class file as a vocabulary (background at 0 when the
-        benchmark has one; its display name is "background")."""
-        p = self.protocol
-        vocab = read_class_file(packaged_class_file(p.class_family, p.class_file), p.class_sep)
-        if p.dataset in BACKGROUND_DATASETS:
-            vocab = Vocabulary((BACKGROUND,) + vocab.names[1:], vocab.queries, 0)
-        return vocab
-
-    @staticmethod
-    def _with_background(vocab: Vocabulary, words: list[str] | None, threshold: float) -> Vocabulary:
-        if words is not None or (threshold > 0 and vocab.background is None):
-            return vocab.with_background(words)
-        return vocab
-
-    def vocabulary(self, classes: ClassesInput | Vocabulary | None = None,
-                   background: Sequence[str] | str | None = None,
-                   prob_threshold: float | None = None) -> Vocabulary:
-        """Resolve the vocabulary of one call (explicit classes, else the default).
-
-        Raises:
-            InputError: no classes given and no dataset protocol, or a bad class list.
-        """
-        thd = self.protocol.prob_threshold if prob_threshold is None else prob_threshold
-        bg = _words(background)
-        if classes is None:
-            if self.default_vocab is None:
-                raise InputError("no classes: pass classes=[...] (or --classes), or a dataset protocol "
-                                 "(dataset=\"voc21\" ...) to use its class names")
-            vocab = self.default_vocab
-            return self._with_background(vocab, bg, thd) if bg is not None else \
-                self._with_background(vocab, None, thd)
-        vocab = classes if isinstance(classes, Vocabulary) else parse_classes(classes)
-        return self._with_background(vocab, bg if bg is not None else self.background_words, thd)
-
+    # ----------------------------------------------------------------- text side
     def text_embeddings(self, vocab: Vocabulary) -> torch.Tensor:
         """(Q, E) unit-norm query embeddings, cached in memory and on disk."""
         key = tuple(vocab.query_words)
@@ -424,7 +380,7 @@ class DenseCLIPSegmenter(Segmenter):
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 network input (resize + normalise)."""
         p = self.protocol
-        return normalize(resize_short_side(rgb, p.short_side, p.long_side)).to(self.device)
+        return normalize(resize_short_side(rgb, p.short_side, p.max_long_side)).to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to ``precision`` (for subclasses whose features run other networks; note
@@ -550,40 +506,32 @@ class DenseCLIPSegmenter(Segmenter):
         guide = F.interpolate(image, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return pamr(guide, logits[None], p.pamr_steps, p.pamr_dilations)[0]
 
-    # ----------------------------------------------------------------- public API
+    # ----------------------------------------------------------------- the hook
     @torch.no_grad()
-    def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
-                background: Sequence[str] | str | None = None,
-                prob_threshold: float | None = None) -> SegmentationResult:
-        """Segment one image; see :meth:`ovss.segmenter.Segmenter.predict`.
+    def segment(self, rgb: np.ndarray, vocab: Vocabulary, *, prob_threshold: float | None = None,
+                image_id: str | None = None, trace: bool = False) -> Segmentation:
+        """Steps 1-4 of the module docstring on one image.
 
         Returns:
-            ``logits``: (C, H, W) class probabilities (softmax over queries, max over
-            synonyms, area filter applied; NACLIP: renormalised); ``labels``: (H, W).
+            ``scores``: (C, H, W) class probabilities (softmax over queries, max over synonyms,
+            area filter applied; NACLIP: renormalised); ``labels``: (H, W) after the threshold.
+            ``trace``: ``input`` (1, 3, h, w), ``text`` (Q, E), ``raw_logits`` (Q, H, W) after
+            PAMR (not on the tiled path).
         """
-        vocab = self.vocabulary(classes, background, prob_threshold)
-        rgb = load_image(image)
         height, width = rgb.shape[:2]
         x = self.preprocess(rgb)
         text = self.text_embeddings(vocab)
-        thd = self.protocol.prob_threshold if prob_threshold is None else prob_threshold
-        if 4 * text.shape[0] * height * width > self.full_res_budget and self._tiling_allowed():
+        thd = self.effective_threshold(prob_threshold)
+        out: dict[str, Any] = {"input": x, "text": text} if trace else {}
+        if 4 * text.shape[0] * height * width > self.full_res_budget and self.capabilities.tiling:
             scores, labels = self._tiled(x, text, (height, width), vocab, thd)
         else:
             raw = self.refine(x, self.raw_logits(x, text, (height, width)))
+            if trace:
+                out["raw_logits"] = raw
             scores, labels = postprocess(raw, vocab, self.protocol.logit_scale, thd,
                                          self.protocol.area_threshold, self.renormalize)
-        settings = self.settings()
-        settings["prob_threshold"] = thd
-        settings["queries"] = [list(q) for q in vocab.queries]
-        return SegmentationResult(scores, labels, list(vocab.names), vocab.background, settings)
-
-    def _tiling_allowed(self) -> bool:
-        """The tiled path reproduces ``raw_logits`` + ``refine``; not when a subclass or the
-        instance replaces them."""
-        base = DenseCLIPSegmenter
-        return all(getattr(type(self), name) is getattr(base, name) and name not in vars(self)
-                   for name in ("raw_logits", "refine"))
+        return Segmentation(scores, labels, settings={"prob_threshold": thd}, trace=out)
 
     def _tiled(self, image: torch.Tensor, text: torch.Tensor, out_size: tuple[int, int], vocab: Vocabulary,
                prob_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -630,15 +578,6 @@ class DenseCLIPSegmenter(Segmenter):
         return scores, labels
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, "paper": self.paper, "model": self.clip.name,
-                "pretrained": self.clip.pretrained, "protocol": self.protocol.as_dict(),
-                "templates": len(self.templates), "device": str(self.device), "precision": self.precision,
+        return {**super().settings(), "model": self.clip.name, "pretrained": self.clip.pretrained,
+                "templates": len(self.templates),
                 "batch_size": self.batch_size if self.batch_size is not None else "auto"}
-
-
-def _words(value: Sequence[str] | str | None) -> list[str] | None:
-    if value is None:
-        return None
-    words = [w.strip() for w in value.split(",")] if isinstance(value, str) else [str(w).strip() for w in value]
-    words = [w for w in words if w]
-    return words or None

@@ -55,7 +55,8 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -65,12 +66,15 @@ from PIL import Image
 from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
-from ..backbones.dino import IMAGENET_MEAN, IMAGENET_STD, LoadedViT, last_block_keys, load_vit
+from ..backbones.dino import LoadedViT, last_block_keys, load_vit
+from ..checkpoints import read_checkpoint
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput, load_image
-from ..segmenter import SegmentationResult, Segmenter, square_side
+from ..options import NonNegative, Pixels, PositiveInt
+from ..protocols import Protocol, ProtocolTable
+from ..segmenter import Capabilities, Segmentation, Segmenter, square_side
 from ..text import class_embeddings
-from ..vocabulary import BACKGROUND, ClassesInput, Vocabulary, parse_classes
+from ..vocabulary import BACKGROUND, Vocabulary
 
 #: the single prompt of ``ClipConv._create_prompt`` (no period; ``src/clip_conv.py`` L61-62 at 8f1a378)
 TEMPLATES = ("a photo of a {}",)
@@ -98,6 +102,31 @@ FOUND_VIT = "vit_small_patch8_224.dino"
 FOUND_DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"
 DATASET_CLASSES = {"voc21": VOC21_CLASSES, "coco_object": COCO_OBJECT_CLASSES}
 
+
+@dataclass(frozen=True)
+class CLIPDIYProtocol(Protocol):
+    """An official class list of CLIP-DIY (its configs hold no per-dataset settings besides it).
+
+    Attributes:
+        names: (C,) the official class names, background first.
+    """
+
+    names: tuple[str, ...] = ()
+
+    def vocabulary(self) -> Vocabulary | None:
+        if not self.names:
+            return None
+        return Vocabulary(self.names, tuple((n,) for n in self.names), 0, official=True)
+
+
+CLIPDIY_PROTOCOLS = ProtocolTable("clip_diy", {
+    "voc21": CLIPDIYProtocol(dataset="voc21", short_side=256, max_long_side=256, names=VOC21_CLASSES,
+                             source="wysoczanska/clip-diy configs/cfg_clip_pascal.yaml, src/datasets/pascal_voc.py"),
+    "coco_object": CLIPDIYProtocol(dataset="coco_object", short_side=256, max_long_side=256, names=COCO_OBJECT_CLASSES,
+                                   source="wysoczanska/clip-diy configs/cfg_clip_coco.yaml, src/datasets/coco.py"),
+}, free=CLIPDIYProtocol(dataset=None, short_side=256, max_long_side=256,
+                        source="wysoczanska/clip-diy configs/cfg_clip_pascal.yaml (ClipConv settings)"))
+
 VARIANTS = ("eval", "notebook")
 
 
@@ -117,15 +146,7 @@ def load_found_decoder(path: str | Path, in_channels: int) -> nn.Conv2d:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"FOUND decoder file not found: {path} (--saliency-head)")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read FOUND decoder {path}: {exc.__class__.__name__}") from None
+    raw: Any = read_checkpoint(path)  # never executes code from the file
     if isinstance(raw, dict) and isinstance(raw.get("decoder"), dict):
         sd = dict(raw["decoder"])
     elif isinstance(raw, dict):
@@ -177,6 +198,15 @@ def nearest_index(src: int, dst: int, rule: str) -> np.ndarray:
     return idx.view(-1).long().numpy()
 
 
+def label_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) of the official evaluation's ground truth: torchvision ``resize(mask, size=short_side)`` keeps
+    the aspect ratio with ``long = int(short_side * long / short)`` (``src/datasets/pascal_voc.py::get_mask``,
+    "fix for the eval", at f88932d)."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
 class CLIPDIY(Segmenter):
     """CLIP-DIY (official protocols: ``dataset="voc21"`` and ``"coco_object"``).
 
@@ -184,10 +214,6 @@ class CLIPDIY(Segmenter):
         model: open_clip model name or config JSON (paper: ``ViT-B-32``, LAION-2B).
         pretrained: open_clip tag or local checkpoint (default ``laion2b_s34b_b79k`` =
             ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K`` of the official configs).
-        dataset: "voc21" or "coco_object" (the official class lists), or None.
-        device: torch device.
-        classes: default classes (a "background" class is put first when missing, as the
-            notebook does: the saliency gate needs it at index 0).
         saliency_model: timm name or JSON config of FOUND's ViT (DINO ViT-S/8); None (or "none")
             runs without saliency (a warning; ``settings["saliency"]`` is False).
         saliency_pretrained: checkpoint (file or URL) of the saliency ViT; None: with the default
@@ -198,8 +224,6 @@ class CLIPDIY(Segmenter):
             saliency model.
         variant: "eval" (evaluation script) or "notebook" (``demo.ipynb``).
         img_size: working resolution (256): the image is resized to an img_size x img_size square.
-        short_side, max_long_side: the test-size options of every method; for this square input
-            they set ``img_size`` (``short_side``, capped at ``max_long_side``).
         patch_sizes: patch sides in pixels on the working image (256, 128, 64).
         stride_divisor: patch step = ``ps // stride_divisor`` (2).
         patch_weights: per-scale weights applied before the mean (1, 1, 1).
@@ -207,8 +231,17 @@ class CLIPDIY(Segmenter):
             area) before FOUND, which otherwise runs at full resolution as the official script
             does (memory grows with the square of the token count); None under a dataset protocol.
         batch_size: patches per CLIP forward pass (results do not depend on it).
+        label_short_side: CLIP-DIY's own scoring protocol: the scores and labels come at the size of the
+            official evaluation's ground truth, nearest-resized to this short side (448 in the official
+            scripts: :func:`label_size`) instead of the image size; ``ovss eval --label-short-side 448``
+            resizes the ground truth the same way. None: the image size.
         use_cache: keep class embeddings in the on-disk cache.
         clip: an already loaded CLIP (skips ``model``/``pretrained``).
+        **common: dataset ("voc21" or "coco_object", the official class lists, or None), device,
+            short_side / max_long_side (for this square input they set ``img_size``: ``short_side``
+            capped at ``max_long_side``), classes (a "background" class is put first when missing, as
+            the notebook does: the saliency gate needs it at index 0), background (the words of that
+            class): see :class:`ovss.segmenter.Segmenter`.
 
     Raises:
         UnknownNameError: unknown model, tag, dataset or variant.
@@ -217,26 +250,22 @@ class CLIPDIY(Segmenter):
     """
 
     method = "clip_diy"
-    paper = "Wysoczanska et al., WACV 2024 (CLIP-DIY)"
-    protocol_table = DATASET_CLASSES
+    capabilities = Capabilities(background=True, prob_threshold=True, decoder="opencv", score_kind="probability")
+    protocols = CLIPDIY_PROTOCOLS
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k",
-                 dataset: str | None = None, device: str | torch.device = "cpu", *,
-                 classes: ClassesInput | None = None, saliency_model: str | None = FOUND_VIT,
-                 saliency_pretrained: str | None = None, saliency_head: str | None = None, variant: str = "eval",
-                 img_size: int = 256, patch_sizes: Sequence[int] = (256, 128, 64), stride_divisor: int = 2,
-                 patch_weights: Sequence[float] | None = None, saliency_max_side: int | None = 1024,
-                 batch_size: int = 32, use_cache: bool = True, clip: LoadedCLIP | None = None,
-                 short_side: int | None = None, max_long_side: int | None = None) -> None:
-        super().__init__(device)
-        img_size = square_side(img_size, short_side, max_long_side)
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "laion2b_s34b_b79k", *,
+                 saliency_model: str | None = FOUND_VIT, saliency_pretrained: str | None = None,
+                 saliency_head: str | None = None, variant: Literal["eval", "notebook"] = "eval",
+                 img_size: Pixels = 256, patch_sizes: Sequence[PositiveInt] = (256, 128, 64),
+                 stride_divisor: PositiveInt = 2, patch_weights: Sequence[NonNegative] | None = None,
+                 saliency_max_side: Pixels | None = 1024, batch_size: PositiveInt = 32,
+                 label_short_side: Pixels | None = None, use_cache: bool = True,
+                 clip: LoadedCLIP | None = None, **common: Any) -> None:
+        super().__init__(**common)
+        img_size = square_side(img_size, common.get("short_side"), common.get("max_long_side"))
         if variant not in VARIANTS:
             raise UnknownNameError(f"unknown CLIP-DIY variant {variant!r}.{did_you_mean(variant, list(VARIANTS))} "
                                    "Use 'eval' (evaluation script) or 'notebook' (demo.ipynb)")
-        if dataset is not None and dataset not in DATASET_CLASSES:
-            raise UnknownNameError(f"no clip_diy protocol for dataset {dataset!r}."
-                                   f"{did_you_mean(dataset, list(DATASET_CLASSES))} "
-                                   f"Known: {', '.join(DATASET_CLASSES)}")
         if isinstance(patch_sizes, (int, float)):
             patch_sizes = (patch_sizes,)  # "--patch-sizes 128" on the command line
         if isinstance(patch_weights, (int, float)):
@@ -257,12 +286,12 @@ class CLIPDIY(Segmenter):
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.patch_weights = weights
         self.variant = variant
-        self.dataset = dataset
         self.img_size = int(img_size)
         self.stride_divisor = int(stride_divisor)
         self.batch_size = batch_size
+        self.label_short_side = label_short_side
         self.use_cache = use_cache
-        self.saliency_max_side = None if dataset is not None else saliency_max_side
+        self.saliency_max_side = None if self.dataset is not None else saliency_max_side
         self.clip = clip if clip is not None else load_clip(model, pretrained, self.device)
         visual = self.clip.visual
         size = getattr(visual, "image_size", (224, 224))
@@ -275,9 +304,9 @@ class CLIPDIY(Segmenter):
             saliency_model = None  # "--saliency-model none" on the command line
         if saliency_model:
             if not saliency_head:
-                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH "
-                                     "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
-                                     "FOUND's decoder_weights.pt), or saliency_model=None "
+                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH or the zoo "
+                                     "name found_decoder (ovss segment --saliency-head found_decoder, ovss eval "
+                                     "--set saliency_head=found_decoder; FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
             if saliency_pretrained is None and saliency_model == FOUND_VIT:
                 saliency_pretrained = FOUND_DINO_URL
@@ -288,17 +317,11 @@ class CLIPDIY(Segmenter):
             warnings.warn("CLIP-DIY without saliency (saliency_model=None): class scores are the multi-scale CLIP "
                           "map only, not the published method", stacklevel=2)
         self._text: dict[tuple[tuple[str, ...], ...], torch.Tensor] = {}
-        self.default_vocab: Vocabulary | None = None
-        if classes is not None:
-            self.default_vocab = self._with_background(parse_classes(classes))
-        elif dataset is not None:
-            names = DATASET_CLASSES[dataset]
-            self.default_vocab = Vocabulary(names, tuple((n,) for n in names), 0)
 
     # ----------------------------------------------------------------- vocabulary / text
-    @staticmethod
-    def _with_background(vocab: Vocabulary, words: Sequence[str] | None = None) -> Vocabulary:
-        """Class 0 must be the background class (the saliency gate is ``1 - s`` on channel 0)."""
+    def with_background(self, vocab: Vocabulary, words: list[str] | None, prob_threshold: float) -> Vocabulary:
+        """Class 0 is always the background class (the saliency gate is ``1 - s`` on channel 0): a
+        "background" entry elsewhere is an error, one is added when missing; ``words`` score it."""
         if vocab.background not in (None, 0):
             raise InputError("CLIP-DIY scores the background as class 0: put it first in the class list")
         lower = [n.lower() for n in vocab.names]
@@ -307,29 +330,12 @@ class CLIPDIY(Segmenter):
             if i != 0:
                 raise InputError("CLIP-DIY scores 'background' as class 0: put it first in the class list "
                                  "(or leave it out and it is added)")
-            vocab = Vocabulary(vocab.names, vocab.queries, 0)
+            vocab = Vocabulary(vocab.names, vocab.queries, 0, official=vocab.official)
         if vocab.background is None:
             return vocab.with_background(list(words) if words else None)
         if words:
             return vocab.with_background(list(words))
         return vocab
-
-    def vocabulary(self, classes: ClassesInput | Vocabulary | None = None,
-                   background: Sequence[str] | str | None = None) -> Vocabulary:
-        """The classes of one call, "background" at index 0.
-
-        Raises:
-            InputError: no classes and no dataset, or a bad class list.
-        """
-        words = [w.strip() for w in background.split(",")] if isinstance(background, str) else background
-        words = [w for w in words if w] if words else None
-        if classes is None:
-            if self.default_vocab is None:
-                raise InputError("no classes: pass classes=[...] (or --classes), or dataset=\"voc21\" / "
-                                 "\"coco_object\" to use the official class list")
-            return self._with_background(self.default_vocab, words)
-        vocab = classes if isinstance(classes, Vocabulary) else parse_classes(classes)
-        return self._with_background(vocab, words)
 
     def text_embeddings(self, vocab: Vocabulary) -> torch.Tensor:
         """(C, E) unit-norm class embeddings: the prompt ``"a photo of a <name>"`` per query word
@@ -464,32 +470,38 @@ class CLIPDIY(Segmenter):
             f = self.saliency_max_side / max(rgb.shape[:2])
             src = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
                              interpolation=cv2.INTER_AREA)
-        x01 = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1).float().div(255)
+        x01 = torch.from_numpy(np.array(src, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
         found = self.found_logits(x01)
         full = self.saliency_probs(found, src.shape[:2])
         sal = cv2.resize(full.float().cpu().numpy(), (s, s), interpolation=cv2.INTER_LINEAR)
         return {"found_logits": found, "saliency_full": full, "saliency": torch.from_numpy(sal).to(self.device)}
 
-    # ----------------------------------------------------------------- public API
+    # ----------------------------------------------------------------- the hook
     @torch.no_grad()
-    def run(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
-            background: Sequence[str] | str | None = None) -> dict[str, Any]:
-        """Every intermediate of one image at the working resolution (for inspection and tests).
+    def segment(self, rgb: np.ndarray, vocab: Vocabulary, *, prob_threshold: float | None = None,
+                image_id: str | None = None, trace: bool = False) -> Segmentation:
+        """Segment one image.
 
         Returns:
-            dict with ``vocab``, ``input`` (S, S, 3) uint8 working image, ``text`` (C, E),
-            ``patch_embeds`` / ``patch_logits`` per scale, ``scale_maps`` and ``clip_map``
-            (C, S, S), ``found_logits``, ``saliency`` (S, S) (absent without saliency),
-            ``scores`` (C, S, S) final scores, ``labels`` (S, S) int64.
+            ``scores`` (C, H, W): the final scores at S x S (eval: softmax over classes of the
+            gated cosines; notebook: the gated cosines) nearest-resized to the image size the
+            way the labels are (eval: OpenCV ``INTER_NEAREST``, as ``combine_predictions``,
+            ``src/semseg/evaluate.py`` L55-56 at 3c6d4d0; notebook: torch nearest, ``demo.ipynb``
+            L66), so their argmax is ``labels``. ``prob_threshold`` (no official use) sends pixels
+            whose top score is below it to background. ``trace``: ``input`` (S, S, 3) uint8 working
+            image, ``text`` (C, E), ``patch_embeds`` / ``patch_logits`` per scale, ``scale_maps`` and
+            ``clip_map`` (C, S, S), ``found_logits``, ``saliency`` (S, S) (absent without saliency),
+            ``gated_logits``, ``work_scores`` (C, S, S) final scores and ``work_labels`` (S, S) at S x S.
         """
-        vocab = self.vocabulary(classes, background)
-        rgb = load_image(image)
+        h, w = rgb.shape[:2]
+        if self.label_short_side is not None:
+            h, w = label_size(h, w, self.label_short_side)
         nb = self.notebook_input(rgb) if self.variant == "notebook" else None
         work = _to_byte(nb) if nb is not None else self.working_image(rgb)
         text = self.text_embeddings(vocab)
         embeds = self.patch_embeddings(work)
         merged, maps = self.clip_map(embeds, text)
-        out: dict[str, Any] = {"vocab": vocab, "input": work, "text": text, "patch_embeds": embeds,
+        out: dict[str, Any] = {"input": work, "text": text, "patch_embeds": embeds,
                                "patch_logits": [e @ text.T for e in embeds], "scale_maps": maps, "clip_map": merged}
         scores = merged
         if self.saliency is not None:
@@ -501,53 +513,31 @@ class CLIPDIY(Segmenter):
             out["gated_logits"] = scores
         if self.variant == "eval":
             scores = scores.softmax(dim=0)
-        out["scores"] = scores
-        out["labels"] = scores.argmax(dim=0)
-        return out
-
-    @torch.no_grad()
-    def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
-                background: Sequence[str] | str | None = None,
-                prob_threshold: float | None = None) -> SegmentationResult:
-        """Segment one image; see :meth:`ovss.segmenter.Segmenter.predict`.
-
-        Returns:
-            ``logits`` (C, H, W): the final scores at S x S (eval: softmax over classes of the
-            gated cosines; notebook: the gated cosines) nearest-resized to the image size the
-            way the labels are (eval: OpenCV ``INTER_NEAREST``, as ``combine_predictions``,
-            ``src/semseg/evaluate.py`` L55-56 at 3c6d4d0; notebook: torch nearest, ``demo.ipynb``
-            L66), so their argmax is ``labels``. ``prob_threshold`` (no
-            official use) sends pixels whose top score is below it to background.
-        """
-        rgb = load_image(image)
-        h, w = rgb.shape[:2]
-        out = self.run(rgb, classes, background=background)
-        vocab: Vocabulary = out["vocab"]
+        out["work_scores"] = scores
+        out["work_labels"] = scores.argmax(dim=0)
         rule = "cv2" if self.variant == "eval" else "torch"
         rows = torch.from_numpy(nearest_index(self.img_size, h, rule)).to(self.device)
         cols = torch.from_numpy(nearest_index(self.img_size, w, rule)).to(self.device)
-        scores = out["scores"][:, rows][:, :, cols].float().contiguous()
-        labels = out["labels"][rows][:, cols].long().contiguous()
+        full = scores[:, rows][:, :, cols].float().contiguous()
+        labels = out["work_labels"][rows][:, cols].long().contiguous()
         if prob_threshold is not None and prob_threshold > 0:
-            labels[scores.max(dim=0).values < prob_threshold] = 0
-        return SegmentationResult(scores, labels, list(vocab.names), 0, self._settings(vocab, prob_threshold))
+            labels[full.max(dim=0).values < prob_threshold] = 0
+        return Segmentation(full, labels, settings={"prob_threshold": prob_threshold}, trace=out if trace else {})
 
-    def _settings(self, vocab: Vocabulary, prob_threshold: float | None) -> dict[str, Any]:
-        s = self.settings()
-        s["queries"] = [list(q) for q in vocab.queries]
-        s["prob_threshold"] = prob_threshold
-        return s
+    @property
+    def score_kind(self) -> str:
+        return "probability" if self.variant == "eval" else "cosine"
 
     def settings(self) -> dict[str, Any]:
-        return {"method": self.method, "paper": self.paper, "model": self.clip.name,
-                "pretrained": self.clip.pretrained, "dataset": self.dataset, "variant": self.variant,
+        return {**super().settings(), "model": self.clip.name, "pretrained": self.clip.pretrained,
+                "variant": self.variant,
                 "img_size": self.img_size, "patch_sizes": list(self.patch_sizes),
                 "stride_divisor": self.stride_divisor, "patch_weights": list(self.patch_weights),
                 "templates": list(TEMPLATES), "saliency": self.saliency is not None,
                 "saliency_model": self.saliency.name if self.saliency is not None else None,
                 "saliency_pretrained": self.saliency.pretrained if self.saliency is not None else None,
-                "saliency_max_side": self.saliency_max_side, "device": str(self.device),
-                "batch_size": self.batch_size}
+                "saliency_max_side": self.saliency_max_side, "batch_size": self.batch_size,
+                "label_short_side": self.label_short_side}
 
 
 def _to_byte(x01: torch.Tensor) -> np.ndarray:

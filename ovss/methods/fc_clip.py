@@ -23,31 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.convnext_clip import ConvCLIPBackbone, load_conv_clip
-from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput, d2_resize, read_image_d2
+from ..constants import VILD_TEMPLATES
+from ..errors import InputError, ModelLoadError
+from ..imageio import d2_resize
 from ..importers.fc_clip import build_fcclip
 from ..models.mask2former import classification_logits
-from ..segmenter import SegmentationResult, Segmenter, check_test_size
+from ..models.mask_inference import panoptic_inference, postprocess_masks, semantic_inference
+from ..options import Fraction
+from ..protocols import Protocol, ProtocolTable
+from ..segmenter import Capabilities, Segmentation, Segmenter
 from ..text import class_embeddings
-from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file, parse_classes
-
-#: The 14 ViLD prompt templates (``fcclip/fcclip.py: VILD_PROMPT``), in order.
-VILD_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
+from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file
 
 # Thing classes (contiguous ids) of the panoptic datasets, from the official registrations
 # (``register_ade20k_panoptic.py``, ``register_coco_panoptic_annos_semseg.py``,
@@ -62,12 +48,12 @@ _MAPILLARY_THINGS = (0, 1, 8, 19, 20, 21, 22, 23, 32, 33, 34, 35, 36, 37, 38, 39
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """Per-dataset evaluation protocol of the official eval configs.
+class FCCLIPProtocol(Protocol):
+    """Per-dataset evaluation protocol of the official eval configs (``configs/coco/panoptic-segmentation/
+    fcclip/*`` and the ``eval_*`` dataset options of ``bytedance/fc-clip`` README; class files of
+    ``fcclip/data/datasets/openseg_classes.py``).
 
     Attributes:
-        class_file: file under ``ovss/classnames/fc_clip``.
-        short_side, max_long_side: test resize.
         panoptic_protocol: panoptic/instance inference is on in the official config, so masks are
             resized to the image before the semantic einsum (else after).
         things: contiguous ids of thing classes (panoptic).
@@ -75,49 +61,53 @@ class Protocol:
             background).
     """
 
-    class_file: str
-    short_side: int = 800
-    max_long_side: int = 1333
     panoptic_protocol: bool = False
     things: tuple[int, ...] = ()
     drop_first: bool = False
 
+    def vocabulary(self) -> Vocabulary | None:
+        if self.class_file is None:
+            return None
+        family, name = self.class_file.split("/", 1)
+        vocab = read_fcclip_class_file(packaged_class_file(family, name), self.drop_first)
+        return Vocabulary(vocab.names, vocab.queries, None, official=True)
 
-PROTOCOLS: dict[str, Protocol] = {
-    "ade20k": Protocol("ade20k_150_with_prompt_eng.txt", panoptic_protocol=True, things=_ADE150_THINGS),
-    "ade847": Protocol("ade20k_847_with_prompt_eng.txt"),
-    "context59": Protocol("pascal_ctx_59_with_prompt_eng.txt"),
-    "context459": Protocol("pascal_ctx_459_with_prompt_eng.txt"),
-    "voc20": Protocol("pascal_voc_21_with_prompt_eng.txt", drop_first=True),
-    "voc21": Protocol("pascal_voc_21_with_prompt_eng.txt"),
-    "cityscapes": Protocol("cityscapes_with_prompt_eng.txt", 1024, 2560, True, tuple(range(11, 19))),
-    "mapillary": Protocol("mapillary_vistas_with_prompt_eng.txt", 1024, 2560, True, _MAPILLARY_THINGS),
-    "coco_panoptic": Protocol("coco_panoptic_with_prompt_eng.txt", panoptic_protocol=True, things=tuple(range(80))),
-    "coco_stuff": Protocol("coco_stuff_with_prompt_eng.txt"),
-    "lvis": Protocol("lvis_1203_with_prompt_eng.txt"),
-}
-ALIASES = {"ade150": "ade20k", "ade20k_150": "ade20k", "ade20k_847": "ade847", "ade20k_full": "ade847",
-           "pc59": "context59", "pascal_context": "context59", "pascal_context59": "context59",
-           "pc459": "context459", "pascal_context459": "context459", "pascal_voc20": "voc20",
-           "pascal_voc21": "voc21", "pas20": "voc20", "pas21": "voc21", "mapillary_vistas": "mapillary",
-           "coco": "coco_panoptic", "coco133": "coco_panoptic", "coco_stuff171": "coco_stuff"}
+
+def _row(dataset: str, class_file: str, short_side: int = 800, max_long_side: int = 1333, panoptic: bool = False,
+         things: tuple[int, ...] = (), drop_first: bool = False) -> FCCLIPProtocol:
+    config = _EVAL_CONFIGS.get(dataset)
+    where = (f"configs/coco/panoptic-segmentation/fcclip/fcclip_convnext_large_eval_{config}.yaml" if config
+             else "no official eval config: the ADE20K one's settings")
+    return FCCLIPProtocol(dataset=dataset, short_side=short_side, max_long_side=max_long_side,
+                          class_file=f"fc_clip/{class_file}", panoptic_protocol=panoptic, things=things,
+                          drop_first=drop_first,
+                          source=f"bytedance/fc-clip {where} (2b0bbe2); classes: fcclip/data/datasets/openseg_classes.py")
+
+
+#: the official eval config of each protocol (``configs/coco/panoptic-segmentation/fcclip/``)
+_EVAL_CONFIGS = {"ade20k": "ade20k", "ade847": "a847", "context59": "pc59", "context459": "pc459", "voc20": "pas20",
+                 "voc21": "pas21", "cityscapes": "cityscapes", "mapillary": "mapillary_vistas", "coco_panoptic": "coco"}
+
+
+FCCLIP_PROTOCOLS = ProtocolTable("fc_clip", {
+    "ade20k": _row("ade20k", "ade20k_150_with_prompt_eng.txt", panoptic=True, things=_ADE150_THINGS),
+    "ade847": _row("ade847", "ade20k_847_with_prompt_eng.txt"),
+    "context59": _row("context59", "pascal_ctx_59_with_prompt_eng.txt"),
+    "context459": _row("context459", "pascal_ctx_459_with_prompt_eng.txt"),
+    "voc20": _row("voc20", "pascal_voc_21_with_prompt_eng.txt", drop_first=True),
+    "voc21": _row("voc21", "pascal_voc_21_with_prompt_eng.txt"),
+    "cityscapes": _row("cityscapes", "cityscapes_with_prompt_eng.txt", 1024, 2560, True, tuple(range(11, 19))),
+    "mapillary": _row("mapillary", "mapillary_vistas_with_prompt_eng.txt", 1024, 2560, True, _MAPILLARY_THINGS),
+    "coco_panoptic": _row("coco_panoptic", "coco_panoptic_with_prompt_eng.txt", panoptic=True,
+                          things=tuple(range(80))),
+    "coco_stuff": _row("coco_stuff", "coco_stuff_with_prompt_eng.txt"),
+    "lvis": _row("lvis", "lvis_1203_with_prompt_eng.txt"),
+}, free=FCCLIPProtocol(dataset=None, short_side=800, max_long_side=1333, panoptic_protocol=True,
+                       source="the ADE20K panoptic eval settings (the official demo's), every class a thing"),
+   aliases={"coco": "coco_panoptic"})
 
 #: The training vocabulary (COCO panoptic, 133 classes): decides seen / unseen classes.
 TRAIN_DATASET = "coco_panoptic"
-
-
-def resolve_dataset(name: str) -> str:
-    """Canonical protocol name of ``name`` (aliases accepted).
-
-    Raises:
-        UnknownNameError: no such protocol.
-    """
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in PROTOCOLS:
-        names = sorted(PROTOCOLS) + sorted(ALIASES)
-        raise UnknownNameError(f"unknown FC-CLIP dataset protocol {name!r}.{did_you_mean(name, names)} "
-                               f"Available: {', '.join(PROTOCOLS)}")
-    return key
 
 
 def split_synonyms(name: str) -> list[str]:
@@ -149,9 +139,14 @@ def read_fcclip_class_file(path: str | Path, drop_first: bool = False) -> Vocabu
 
 
 def dataset_vocabulary(dataset: str) -> Vocabulary:
-    """The official class list (with synonyms) of a dataset protocol."""
-    proto = PROTOCOLS[resolve_dataset(dataset)]
-    return read_fcclip_class_file(packaged_class_file("fc_clip", proto.class_file), proto.drop_first)
+    """The official class list (with synonyms) of a dataset protocol (aliases accepted).
+
+    Raises:
+        UnknownNameError: no such protocol.
+    """
+    vocab = FCCLIP_PROTOCOLS.get(dataset).vocabulary()
+    assert vocab is not None
+    return vocab
 
 
 def seen_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> torch.Tensor:
@@ -190,69 +185,6 @@ def geometric_ensemble(in_vocab: torch.Tensor, out_vocab: torch.Tensor, seen: to
     return torch.log(probs + 1e-8)
 
 
-def postprocess_masks(mask_logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]
-                      ) -> torch.Tensor:
-    """detectron2 ``sem_seg_postprocess``: (N, Hp, Wp) -> crop to ``input_size`` -> bilinear to ``output_size``."""
-    x = mask_logits[:, : input_size[0], : input_size[1]].expand(1, -1, -1, -1)
-    return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)[0]
-
-
-def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
-    """(Q, K + 1) log-probs, (Q, H, W) mask logits -> (K, H, W) ``sum_q softmax(cls)[q, c] * sigmoid(mask_q)``."""
-    return torch.einsum("qc,qhw->chw", F.softmax(mask_cls, dim=-1)[..., :-1], mask_pred.sigmoid())
-
-
-def panoptic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, things: Sequence[int],
-                       object_mask_threshold: float = 0.0, overlap_threshold: float = 0.8
-                       ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Mask2Former's panoptic merge (``FCCLIP.panoptic_inference``).
-
-    Args:
-        mask_cls: (Q, K + 1) log-probabilities, void last.
-        mask_pred: (Q, H, W) mask logits at the output size.
-        things: contiguous ids of the thing classes (stuff segments of one class are merged).
-
-    Returns:
-        The (H, W) int32 id map (0 = no segment) and one dict per segment: ``id``,
-        ``category_id`` (contiguous), ``isthing``, ``score`` (class probability of the query
-        that created the segment).
-    """
-    num_classes = mask_cls.shape[-1] - 1
-    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    masks = mask_pred.sigmoid()
-    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep]
-    h, w = cur_masks.shape[-2:]
-    panoptic = torch.zeros((h, w), dtype=torch.int32, device=mask_pred.device)
-    segments: list[dict[str, Any]] = []
-    if cur_masks.shape[0] == 0:
-        return panoptic, segments
-    ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
-    thing_set = set(int(t) for t in things)
-    stuff_ids: dict[int, int] = {}
-    current = 0
-    for k in range(cur_classes.shape[0]):
-        cls = int(cur_classes[k])
-        isthing = cls in thing_set
-        won = ids == k
-        mask_area = int(won.sum())
-        original_area = int((cur_masks[k] >= 0.5).sum())
-        mask = won & (cur_masks[k] >= 0.5)
-        if mask_area > 0 and original_area > 0 and int(mask.sum()) > 0:
-            if mask_area / original_area < overlap_threshold:
-                continue
-            if not isthing:
-                if cls in stuff_ids:
-                    panoptic[mask] = stuff_ids[cls]
-                    continue
-                stuff_ids[cls] = current + 1
-            current += 1
-            panoptic[mask] = current
-            segments.append({"id": current, "isthing": bool(isthing), "category_id": cls,
-                             "score": float(cur_scores[k])})
-    return panoptic, segments
-
-
 class FCCLIP(Segmenter):
     """FC-CLIP with a released (or self-trained) checkpoint.
 
@@ -263,15 +195,17 @@ class FCCLIP(Segmenter):
             the complete CLIP (the FC-CLIP checkpoints hold no text tower).
         checkpoint: the FC-CLIP ``.pth`` (required: FC-CLIP has no training-free mode).
         config: the official detectron2 YAML of the checkpoint (optional: sizes are read from the
-            checkpoint; the YAML also sets thresholds, ensemble weights and the test size).
-        dataset: protocol (class file, test size, semantic resize order, thing classes).
+            checkpoint; the YAML also sets thresholds, ensemble weights and the test size, which
+            ``short_side`` / ``max_long_side`` override; without either, the protocol's).
         panoptic: also run panoptic inference (``extras["panoptic"]``).
-        short_side, max_long_side: override the protocol's test resize.
         alpha, beta: override the geometric-ensemble exponents.
-        device: torch device.
+        use_cache: keep class embeddings in the on-disk cache.
+        **common: dataset (class file, test size, semantic resize order, thing classes), device,
+            short_side, max_long_side, classes, background: see :class:`ovss.segmenter.Segmenter`.
 
-    ``predict`` returns ``logits`` = the semantic scores (K, H, W) (sums over queries of class
+    ``predict`` returns ``scores`` = the semantic scores (K, H, W) (sums over queries of class
     probability x mask probability; not normalised over classes) and ``labels`` their argmax.
+    Background words add a class scored like any other (stuff in panoptic output).
 
     Raises:
         InputError: no checkpoint, unreadable config.
@@ -280,21 +214,18 @@ class FCCLIP(Segmenter):
     """
 
     method = "fc_clip"
-    paper = "Yu et al., NeurIPS 2023 (FC-CLIP)"
-    protocol_table = PROTOCOLS
+    capabilities = Capabilities(background=True, prob_threshold=True, panoptic=True, decoder="pillow",
+                                trainable=True, score_kind="mask_classification")
+    protocols = FCCLIP_PROTOCOLS
 
-    def __init__(self, model: str = "convnext_large_d_320", pretrained: str = "laion2b_s29b_b131k_ft_soup",
-                 checkpoint: str | Path | None = None, config: str | Path | None = None, dataset: str | None = "ade20k",
-                 panoptic: bool = False, device: str | torch.device = "cpu", short_side: int | None = None,
-                 max_long_side: int | None = None, alpha: float | None = None, beta: float | None = None,
-                 use_cache: bool = True) -> None:
-        super().__init__(device)
-        check_test_size(short_side, max_long_side)
+    def __init__(self, model: str = "convnext_large_d_320", pretrained: str | None = "laion2b_s29b_b131k_ft_soup", *,
+                 checkpoint: str | Path | None = None, config: str | Path | None = None, panoptic: bool = False,
+                 alpha: Fraction | None = None, beta: Fraction | None = None, use_cache: bool = True,
+                 **common: Any) -> None:
+        super().__init__(**common)
         if checkpoint is None:
             raise InputError("FC-CLIP needs its trained checkpoint: pass checkpoint=/path/to/fcclip_cocopan.pth "
                              "(--checkpoint on the command line; see docs/fc_clip.md for the download)")
-        self.dataset = resolve_dataset(dataset) if dataset else None
-        self.protocol = PROTOCOLS[self.dataset] if self.dataset else None
         self.backbone: ConvCLIPBackbone = load_conv_clip(model, pretrained, "cpu")
         self.net, self.cfg = build_fcclip(checkpoint, self.backbone, config)
         if config is None and self.backbone.model_type == "resnet":
@@ -306,21 +237,20 @@ class FCCLIP(Segmenter):
         self.panoptic = panoptic
         self.use_cache = use_cache
         # test size: argument > the config's INPUT.MIN/MAX_SIZE_TEST > the dataset protocol
-        default_short = self.cfg.min_size_test or (self.protocol.short_side if self.protocol else 800)
-        default_long = self.cfg.max_size_test or (self.protocol.max_long_side if self.protocol else 1333)
-        self.short_side = int(short_side or default_short)
-        self.max_long_side = int(max_long_side or default_long)
-        if (self.protocol and short_side is None and self.cfg.min_size_test
-                and self.cfg.min_size_test != self.protocol.short_side):
+        base = self.protocols.get(self.dataset)
+        short = common.get("short_side") or self.cfg.min_size_test or base.short_side
+        long = common.get("max_long_side") or self.cfg.max_size_test or base.max_long_side
+        self.protocol = self.protocol.with_overrides(short_side=int(short), max_long_side=int(long))
+        if (self.dataset and common.get("short_side") is None and self.cfg.min_size_test
+                and self.cfg.min_size_test != base.short_side):
             # as the official code, the config decides; the published numbers use the dataset's eval config
             warnings.warn(f"the config's INPUT.MIN_SIZE_TEST {self.cfg.min_size_test} is not the official "
-                          f"{self.dataset} test size {self.protocol.short_side}: pass short_side="
-                          f"{self.protocol.short_side} (--short-side) or that dataset's eval config for the "
+                          f"{self.dataset} test size {base.short_side}: pass short_side="
+                          f"{base.short_side} (--short-side) or that dataset's eval config for the "
                           "published protocol", stacklevel=2)
         self.alpha = self.cfg.alpha if alpha is None else float(alpha)
         self.beta = self.cfg.beta if beta is None else float(beta)
         self.train_vocab = dataset_vocabulary(TRAIN_DATASET)
-        self._protocol_vocab = dataset_vocabulary(self.dataset) if self.dataset else None
         self._classifiers: dict[tuple[tuple[str, ...], ...], torch.Tensor] = {}
 
     def _check_clip_name(self, model: str) -> None:
@@ -331,21 +261,24 @@ class FCCLIP(Segmenter):
                                  f"pass model={want!r} (--model {want})")
 
     # ---- vocabulary and text classifier -------------------------------------------------------
-    def vocabulary(self, classes: ClassesInput | Vocabulary | None) -> tuple[Vocabulary, tuple[int, ...]]:
-        """The vocabulary of a call and its thing classes (custom classes are all things)."""
-        if classes is None:
-            if self.dataset is None:
-                raise InputError("no classes given and no dataset protocol set: pass classes=... "
-                                 "or dataset='ade20k' (or another protocol)")
-            return dataset_vocabulary(self.dataset), self.protocol.things
-        if isinstance(classes, Vocabulary):
-            vocab = classes
-        elif isinstance(classes, (str, Path)) and "\n" not in str(classes) and Path(classes).is_file() \
-                and _is_fcclip_class_file(Path(classes)):
-            vocab = read_fcclip_class_file(classes)  # an official ``id:name1,name2`` file
-        else:
-            vocab = parse_classes(classes)
-        return vocab, tuple(range(len(vocab)))
+    def vocabulary(self, classes: ClassesInput | Vocabulary | None = None, background: Any = None,
+                   prob_threshold: float | None = None) -> Vocabulary:
+        """As :meth:`Segmenter.vocabulary`; a path to an official ``id:name1,name2`` class file
+        (``openseg_classes.py`` format) is read as one."""
+        if isinstance(classes, (str, Path)) and "\n" not in str(classes) and str(classes).endswith(".txt") \
+                and Path(classes).is_file() and _is_fcclip_class_file(Path(classes)):
+            classes = read_fcclip_class_file(classes)
+        return super().vocabulary(classes, background, prob_threshold)
+
+    def thing_classes(self, vocab: Vocabulary) -> tuple[int, ...]:
+        """Thing class ids of ``vocab``: the protocol's for its own class list (shifted by a prepended
+        background class, which is stuff), every non-background class for any other list."""
+        own = self.default_vocabulary()
+        fg = tuple(q for i, q in enumerate(vocab.queries) if i != vocab.background)
+        if self.dataset is not None and own is not None and fg == own.queries:
+            shift = 1 if vocab.background == 0 else 0
+            return tuple(t + shift for t in self.protocol.things)
+        return tuple(i for i in range(len(vocab)) if i != vocab.background)
 
     def text_classifier(self, vocab: Vocabulary) -> tuple[torch.Tensor, list[int]]:
         """(S, D) one L2-normalised row per synonym (14 ViLD templates averaged) and the rows per class.
@@ -374,9 +307,9 @@ class FCCLIP(Segmenter):
         return padded, (int(h), int(w))
 
     @torch.no_grad()
-    def run(self, image: np.ndarray, ori_size: tuple[int, int], vocab: Vocabulary, things: Sequence[int] = (),
-            panoptic: bool | None = None) -> dict[str, Any]:
-        """Full pipeline on an already resized image, with every intermediate.
+    def run_resized(self, image: np.ndarray, ori_size: tuple[int, int], vocab: Vocabulary,
+                    things: Sequence[int] = (), panoptic: bool | None = None) -> dict[str, Any]:
+        """Full pipeline on an image already resized to the network size, with every intermediate.
 
         Args:
             image: (h, w, 3) uint8 RGB at network size.
@@ -407,7 +340,8 @@ class FCCLIP(Segmenter):
         masks = F.interpolate(pred_masks, size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
         # panoptic protocols (and free vocabularies: the demo runs the panoptic ADE config)
         # resize the masks to the image before the semantic sum, semantic-only protocols after it
-        own_vocab = self._protocol_vocab is not None and vocab.queries == self._protocol_vocab.queries
+        own = self.default_vocabulary() if self.dataset is not None else None
+        own_vocab = own is not None and vocab.queries == own.queries
         before = panoptic or not own_vocab or self.protocol.panoptic_protocol
         res: dict[str, Any] = {
             "text_classifier": classifier, "features": out["features"], "mask_features": out["mask_features"],
@@ -426,43 +360,26 @@ class FCCLIP(Segmenter):
                 mask_cls, masks, things, self.cfg.object_mask_threshold, self.cfg.overlap_threshold)
         return res
 
-    def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
-                background: list[str] | str | None = None,
-                prob_threshold: float | None = None) -> SegmentationResult:
-        """Segment one image (see :class:`FCCLIP`).
-
-        ``background`` adds a background class (index 0) scored like any other class;
-        ``prob_threshold`` relabels pixels whose top score is below it to that class (or to the
-        protocol's background class) and needs one of them.
-
-        Raises:
-            InputError: unreadable image, bad classes, a threshold without a background class.
-        """
-        img = read_image_d2(image)  # Pillow decoding, as detectron2's read_image
-        vocab, things = self.vocabulary(classes)
-        if background is not None:
-            words = [background] if isinstance(background, str) else list(background)
-            had = vocab.background is not None
-            vocab = vocab.with_background(words)
-            if not had:  # a background class was prepended: class ids shift by one
-                things = tuple(t + 1 for t in things)
-        if prob_threshold is not None and vocab.background is None:
-            raise InputError("prob_threshold needs a background class: pass background=... (e.g. 'background')")
-        resized = d2_resize(img, self.short_side, self.max_long_side)
-        res = self.run(resized, (img.shape[0], img.shape[1]), vocab, things)
+    def segment(self, rgb: np.ndarray, vocab: Vocabulary, *, prob_threshold: float | None = None,
+                image_id: str | None = None, trace: bool = False) -> Segmentation:
+        """detectron2's test resize, :meth:`run_resized`, the argmax; ``prob_threshold`` relabels pixels
+        whose top score is below it to the background class."""
+        resized = d2_resize(rgb, self.short_side, self.max_long_side)
+        res = self.run_resized(resized, (rgb.shape[0], rgb.shape[1]), vocab, self.thing_classes(vocab))
         scores = res["sem_seg"].float()
         labels = scores.argmax(0)
-        if prob_threshold is not None:
-            labels[scores.max(0).values < prob_threshold] = int(vocab.background)
+        thd = self.effective_threshold(prob_threshold)
+        if thd > 0 and vocab.background is not None:
+            labels[scores.max(0).values < thd] = int(vocab.background)
         extras: dict[str, Any] = {}
         if "panoptic_seg" in res:
             extras["panoptic"] = {"panoptic_seg": res["panoptic_seg"].cpu(), "segments": res["segments"]}
-        return SegmentationResult(scores.cpu(), labels.cpu().long(), list(vocab.names), vocab.background,
-                                  self.settings(), extras)
+        return Segmentation(scores, labels, extras=extras, settings={"prob_threshold": thd},
+                            trace=res if trace else {})
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "model": self.model_name, "pretrained": self.pretrained,
-                "checkpoint": self.checkpoint, "config": self.config_path, "dataset": self.dataset,
+                "checkpoint": self.checkpoint, "config": self.config_path,
                 "panoptic": self.panoptic, "short_side": self.short_side, "max_long_side": self.max_long_side,
                 "size_divisibility": self.cfg.size_divisibility, "alpha": self.alpha, "beta": self.beta,
                 "object_mask_threshold": self.cfg.object_mask_threshold,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
+from ..protocols import MASKCLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
 
 
@@ -30,8 +31,7 @@ class MaskCLIP(DenseCLIPSegmenter):
     """
 
     method = "maskclip"
-    paper = "Zhou et al., ECCV 2022 (MaskCLIP)"
-    family = "clearclip"
+    protocols = MASKCLIP_PROTOCOLS
 
     def __init__(self, *args: Any, residual: bool = False, **kwargs: Any) -> None:
         self.residual = residual

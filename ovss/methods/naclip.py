@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, split_heads
+from ..options import Positive
+from ..protocols import NACLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
 
 
@@ -40,12 +42,11 @@ class NACLIP(DenseCLIPSegmenter):
     """
 
     method = "naclip"
-    paper = "Hajimiri et al., WACV 2025 (NACLIP)"
-    family = "sclip_naclip"
+    protocols = NACLIP_PROTOCOLS
     renormalize = True
     whole_image_via_input = True
 
-    def __init__(self, *args: Any, gaussian_std: float = 5.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gaussian_std: Positive = 5.0, **kwargs: Any) -> None:
         self.gaussian_std = float(gaussian_std)
         self._bias: dict[tuple[int, int], torch.Tensor] = {}
         super().__init__(*args, **kwargs)

@@ -31,7 +31,7 @@ Pipeline of one image (``S`` input size, ``g = S // 16``, ``K`` classes in the c
 9. DenseCRF (pydensecrf) on the softmax over channels: 10 iterations, Gaussian sxy 3 compat 7,
    bilateral sxy 50 srgb 5 compat 10, the photo as RGB uint8; argmax; channel -> dataset id.
 
-``SegmentationResult.logits`` are the CRF probabilities (the output of the last step that is on)
+``SegmentationResult.scores`` are the CRF probabilities (the output of the last step that is on)
 scattered onto the vocabulary's channels (classes not in the caption get 0); ``labels`` the label
 map. Dataset protocols keep the official quirks (noted at each place with file and line of the
 official script); free-form use (``classes=`` and no ``dataset``) averages every class's word pieces,
@@ -43,16 +43,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from ..imageio import ImageInput, load_image
-from ..segmenter import SegmentationResult, Segmenter, square_side
-from ..vocabulary import ClassesInput, Vocabulary, parse_classes
+from ..constants import CLIP_MEAN, CLIP_STD
+from ..errors import InputError, ModelLoadError, did_you_mean
+from ..imageio import ImageInput, check_pixels, load_image
+from ..options import Count, Fraction, Positive, PositiveInt, Range
+from ..protocols import Protocol, ProtocolTable
+from ..segmenter import Capabilities, Segmentation, Segmenter, square_side
+from ..vocabulary import Vocabulary
 
 OFFICIAL_MAIN = "PnP_OVSS_0514_updated_segmentation.py"
 OFFICIAL_COCO = "PnP_OVSS_0514_updated_segmentation_coco.py"
@@ -134,13 +137,11 @@ def _despace(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class PnPProtocol:
+class PnPProtocol(Protocol):
     """One dataset protocol of the official code, and the label space of the ovss dataset it
     serves (``ovss.data`` names and class order, which ``ovss eval`` scores).
 
     Attributes:
-        name: ovss dataset name (``voc21``, ``context59``, ``context60``, ``ade20k``,
-            ``coco_object``, ``coco_stuff``).
         data_type: the official ``--data_type``.
         script: the official script that runs it.
         caption_names: (K,) class names as written into the caption (official ``nms``).
@@ -158,24 +159,32 @@ class PnPProtocol:
         label_of_id: official id -> index in ``label_names`` (ids without one, e.g. background on
             Context59 / ADE20K, take the best-scoring class of the label space).
         background_index: index of the background class in ``label_names``, or None.
-        source: official file and function.
     """
 
-    name: str
-    data_type: str
-    script: str
-    caption_names: tuple[str, ...]
-    display_names: tuple[str, ...]
-    dataset_ids: tuple[int, ...]
-    background_rule: str
-    rescale_after_upsample: bool
-    gpt4o_file: str
-    gpt4o_ids: str
-    gpt4o_empty_class: int
-    label_names: tuple[str, ...]
-    label_of_id: dict[int, int]
-    background_index: int | None
-    source: str
+    data_type: str = ""
+    script: str = ""
+    caption_names: tuple[str, ...] = ()
+    display_names: tuple[str, ...] = ()
+    dataset_ids: tuple[int, ...] = ()
+    background_rule: str = "always"
+    rescale_after_upsample: bool = False
+    gpt4o_file: str = ""
+    gpt4o_ids: str = "position"
+    gpt4o_empty_class: int = 1
+    label_names: tuple[str, ...] = ()
+    label_of_id: dict[int, int] = field(default_factory=dict, hash=False, compare=False)
+    background_index: int | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.dataset
+
+    def vocabulary(self) -> Vocabulary | None:
+        """The label space of the dataset (``label_names``), one query each."""
+        if self.dataset is None:
+            return None
+        return Vocabulary(self.label_names, tuple((n,) for n in self.label_names), self.background_index,
+                          official=True)
 
 
 def _protocol(name: str, data_type: str, captions: Sequence[str], display: Sequence[str], ids: Sequence[int],
@@ -186,10 +195,13 @@ def _protocol(name: str, data_type: str, captions: Sequence[str], display: Seque
     if background:
         label_of_id[0] = 0
     return PnPProtocol(
-        name, data_type, OFFICIAL_COCO if coco else OFFICIAL_MAIN, tuple(captions), tuple(display), tuple(ids),
-        rule, coco, f"GPT4o_classification/{gpt4o}_classification_noboundary.json", "coco" if coco else "position",
-        1, tuple(names), label_of_id, 0 if background else None,
-        (f"{OFFICIAL_COCO}::main (COCO json categories, nms despaced), save_img_union_attention, "
+        dataset=name, short_side=336, max_long_side=336, data_type=data_type,
+        script=OFFICIAL_COCO if coco else OFFICIAL_MAIN, caption_names=tuple(captions), display_names=tuple(display),
+        dataset_ids=tuple(ids), background_rule=rule, rescale_after_upsample=coco,
+        gpt4o_file=f"GPT4o_classification/{gpt4o}_classification_noboundary.json",
+        gpt4o_ids="coco" if coco else "position", gpt4o_empty_class=1, label_names=tuple(names),
+        label_of_id=label_of_id, background_index=0 if background else None,
+        source=(f"{OFFICIAL_COCO}::main (COCO json categories, nms despaced), save_img_union_attention, "
          "Load_predicted_classes" if coco else
          f"Load_datasets.py::load_{'voc' if data_type == 'voc' else data_type}; {OFFICIAL_MAIN}::"
          "save_img_union_attention, Load_predicted_classes") + f" (data_type {data_type!r})")
@@ -215,10 +227,9 @@ PROTOCOLS: dict[str, PnPProtocol] = {
                             tuple(n for n, _ in _COCO_THINGS + _COCO_STUFF), _THING_IDS + _STUFF_IDS,
                             "fewer_than_3", "coco_stuff", _THING_IDS + _STUFF_IDS[:-1], None),
 }
-_ALIASES = {"voc": "voc21", "pascal_voc": "voc21", "psc": "context59", "pascal_context": "context59",
-            "context": "context59", "pcontext59": "context59", "ade": "ade20k", "ade150": "ade20k",
-            "coco": "coco_object", "coco80": "coco_object", "coco_thing": "coco_object",
-            "cocostuff": "coco_stuff", "coco171": "coco_stuff"}
+PNP_PROTOCOLS = ProtocolTable("pnp_ovss", PROTOCOLS, free=PnPProtocol(
+    dataset=None, short_side=336, max_long_side=336, source=f"{OFFICIAL_MAIN} settings (free-form: plain merge, "
+    "no official quirks)"), aliases={"psc": "context59", "context": "context59", "coco": "coco_object"})
 
 
 def get_protocol(name: str) -> PnPProtocol:
@@ -227,12 +238,7 @@ def get_protocol(name: str) -> PnPProtocol:
     Raises:
         UnknownNameError: no such protocol.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in PROTOCOLS:
-        raise UnknownNameError(f"unknown PnP-OVSS dataset protocol {name!r}."
-                               f"{did_you_mean(name, list(PROTOCOLS) + list(_ALIASES))} "
-                               f"Available: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[key]
+    return PNP_PROTOCOLS.get(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def load_class_lists(source: str | Path | dict[str, str]) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-def _lookup_image_id(lists: dict[str, str], image_id: str) -> str | None:
+def lookup_image_id(lists: dict[str, str], image_id: str) -> str | None:
     """The key of ``image_id`` in an official JSON: the file stem itself, or the official key forms
     (COCO ``str(int(id)).rjust(12, '0')``, ADE ``"ADE_val_" + id.rjust(8, '0')``)."""
     cands = [image_id]
@@ -329,12 +335,10 @@ def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
     with the CLIP mean/std (``Dataset.py``; bitwise equal to torchvision)."""
     from PIL import Image
 
-    from ..backbones.blip import BLIP_MEAN, BLIP_STD
-
     resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(BLIP_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(BLIP_STD, dtype=torch.float32)[:, None, None]
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
     return ((x - mean) / std).unsqueeze(0)
 
 
@@ -585,13 +589,13 @@ class PnPOVSS(Segmenter):
     """PnP-OVSS on a BLIP ITM model (transformers ``BlipForImageTextRetrieval``).
 
     Args:
-        model: hub name (``Salesforce/blip-itm-large-coco`` or ``-flickr``) or a local directory.
-            The official ``blip_itm_large.yaml`` loads LAVIS ``model_large_retrieval_flickr.pth``,
-            i.e. ``Salesforce/blip-itm-large-flickr``.
-        dataset: official protocol (``voc21``, ``context59``/``psc``, ``ade20k``, ``coco_object``,
-            ``coco_stuff``) or None for free-form use with ``classes=``.
-        image_size: square input size S (official 336; the tiny parity model uses 224).
-        device: ``cpu`` or ``cuda[:i]``.
+        model: hub name or a local directory. The default ``Salesforce/blip-itm-large-flickr`` is the
+            paper's: the official ``blip_itm_large.yaml`` loads LAVIS ``model_large_retrieval_flickr.pth``;
+            ``Salesforce/blip-itm-large-coco`` is the COCO-finetuned variant.
+        pretrained: a local BLIP ITM directory (then used instead of ``model``); anything else
+            (e.g. an open_clip tag) is ignored: BLIP weights come with ``model``.
+        image_size: square input size S (official 336; the tiny parity model uses 224); ``short_side``
+            (capped at ``max_long_side``) sets it too.
         layer: 1-based text layer whose cross-attention is used (official ``--max_att_block_num 8``).
         head: attention head (official ``--prune_att_head 9``).
         salience_dropout: False runs one pass and the official first-pass path ("filtered_caption":
@@ -610,38 +614,43 @@ class PnPOVSS(Segmenter):
         rescale_after_upsample: ``Scale_0_1`` after upsampling in the Salience-DropOut path; None
             takes the protocol's (COCO script yes, main script no; free-form no).
         class_lists: official GPT-4o JSON (image id -> answer) or its path: each image gets the
-            classes listed for its file stem (``predict(..., image_id=)`` for arrays); None: every
+            classes listed for its id (the file stem, or ``predict(..., image_id=)``); None: every
             class of the protocol goes into the caption.
         gpt4o_min_prob: GPT-4o classes kept when their stated probability exceeds this (official 70).
-        pretrained: a local BLIP ITM directory (then used instead of ``model``); anything else
-            (e.g. the CLI's open_clip tag default) is ignored: BLIP weights come with ``model``.
-        short_side, max_long_side: the test-size options of every method; for this square input
-            they set ``image_size`` (``short_side``, capped at ``max_long_side``).
+        caption_order: ``"given"`` (official: the caption lists the classes in the order given, and
+            BLIP's text encoder sees them in that order, so the scores of a class depend on the order
+            and on the other classes: ``PnP_OVSS_0514_updated_segmentation.py::save_img_union_attention``,
+            ``"A picture of " + " ".join(nms)``) or ``"sorted"`` (the caption lists them in alphabetical
+            order, so permuting the class list permutes the score channels and nothing else).
+        **common: dataset (``voc21``, ``context59``/``psc``, ``context60``, ``ade20k``, ``coco_object``,
+            ``coco_stuff``, or None for free-form use with ``classes=``), device, short_side,
+            max_long_side, classes: see :class:`ovss.segmenter.Segmenter`.
     """
 
     method: ClassVar[str] = "pnp_ovss"
-    paper: ClassVar[str] = ("Luo et al., Emergent Open-Vocabulary Semantic Segmentation from "
-                            "Off-the-shelf Vision-Language Models (PnP-OVSS), CVPR 2024")
-    protocol_table = PROTOCOLS
+    capabilities = Capabilities(prob_threshold=True, image_id=True, decoder="pillow", class_order_invariant=False,
+                                score_kind="probability", needs_grad=True)
+    protocols = PNP_PROTOCOLS
 
-    def __init__(self, model: str = "Salesforce/blip-itm-large-coco", dataset: str | None = None,
-                 image_size: int = 336, device: str = "cpu", layer: int = 8, head: int = 9,
-                 salience_dropout: bool = True, drop_iter: int = 4, drop_patches: int = 10,
-                 threshold: float | None = 0.15, background_rule: str | None = None, blur: bool = True,
-                 blur_scale: float = 0.05, crf: bool = True, crf_iterations: int = 10,
-                 merge: str | None = None, rescale_after_upsample: bool | None = None,
-                 class_lists: str | dict[str, str] | None = None, gpt4o_min_prob: int = 70,
-                 pretrained: str | None = None, short_side: int | None = None,
-                 max_long_side: int | None = None) -> None:
-        super().__init__(device)
-        image_size = square_side(image_size, short_side, max_long_side)
+    def __init__(self, model: str = "Salesforce/blip-itm-large-flickr", pretrained: str | None = None, *,
+                 image_size: PositiveInt = 336, layer: PositiveInt = 8, head: Count = 9,
+                 salience_dropout: bool = True, drop_iter: PositiveInt = 4, drop_patches: PositiveInt = 10,
+                 threshold: Fraction | None = 0.15,
+                 background_rule: Literal["always", "fewer_than_3", "never"] | None = None, blur: bool = True,
+                 blur_scale: Positive = 0.05, crf: bool = True, crf_iterations: Count = 10,
+                 merge: Literal["official", "mean"] | None = None, rescale_after_upsample: bool | None = None,
+                 class_lists: str | dict[str, str] | None = None, gpt4o_min_prob: Annotated[int, Range(0, 100)] = 70,
+                 caption_order: Literal["given", "sorted"] = "given", **common: Any) -> None:
+        super().__init__(**common)
+        image_size = square_side(image_size, common.get("short_side"), common.get("max_long_side"))
         if pretrained and Path(pretrained).is_dir():
             model = pretrained  # a local BLIP directory given the CLIP way; CLIP tags ("openai") are ignored
-        self.protocol = get_protocol(dataset) if dataset else None
         if background_rule not in (None, "always", "fewer_than_3", "never"):
             raise InputError(f"background_rule must be 'always', 'fewer_than_3' or 'never', got {background_rule!r}")
         if merge not in (None, "official", "mean"):
             raise InputError(f"merge must be 'official' or 'mean', got {merge!r}")
+        if caption_order not in ("given", "sorted"):
+            raise InputError(f"caption_order must be 'given' or 'sorted', got {caption_order!r}")
         if drop_iter < 1 or drop_patches < 1:
             raise InputError("drop_iter and drop_patches must be at least 1")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
@@ -669,26 +678,31 @@ class PnPOVSS(Segmenter):
         self.threshold = None if threshold is None else float(threshold)
         self.blur, self.blur_scale = bool(blur), float(blur_scale)
         self.crf, self.crf_iterations = bool(crf), int(crf_iterations)
-        self.official = self.protocol is not None
-        self.background_rule = background_rule or (self.protocol.background_rule if self.protocol else "always")
+        self.official = self.dataset is not None
+        self.background_rule = background_rule or (self.protocol.background_rule if self.official else "always")
         self.merge = merge or ("official" if self.official else "mean")
         self.rescale_after_upsample = (rescale_after_upsample if rescale_after_upsample is not None
-                                       else bool(self.protocol and self.protocol.rescale_after_upsample))
+                                       else bool(self.official and self.protocol.rescale_after_upsample))
         self.class_lists = load_class_lists(class_lists) if class_lists else None
-        if self.class_lists is not None and self.protocol is None:
+        if self.class_lists is not None and not self.official:
             raise InputError("class_lists (GPT-4o per-image classes) need a dataset protocol: pass dataset=")
         self.gpt4o_min_prob = int(gpt4o_min_prob)
+        self.caption_order = caption_order
+
+    def read_image(self, image: ImageInput) -> np.ndarray:
+        """Files decoded with PIL like the official ``Image.open(path).convert('RGB')`` (with the EXIF
+        orientation in free-form use only); at least 2 x 2 pixels."""
+        return _read_rgb(image, exif=not self.official)[0]
 
     # -- vocabulary ----------------------------------------------------------------------------
 
-    def _vocabulary(self, classes: ClassesInput | Vocabulary | None) -> tuple[list[str], list[str], list[int]]:
+    def caption_classes(self, vocab: Vocabulary) -> tuple[list[str], list[str], list[int]]:
         """(result class names, caption names of the caption classes, their positions)."""
         p = self.protocol
-        if p is not None:
+        if self.official:
             names = list(p.label_names)
-            if classes is None:
+            if vocab.official:
                 return names, list(p.caption_names), list(range(len(p.caption_names)))
-            vocab = classes if isinstance(classes, Vocabulary) else parse_classes(classes)
             lookup = {_despace(n).lower(): i for i, n in enumerate(p.caption_names)}
             lookup.update({_despace(n).lower(): i for i, n in enumerate(p.display_names)})
             skip = {"background", "unlabeled", "other"} - {_despace(n).lower() for n in p.caption_names}
@@ -698,17 +712,13 @@ class PnPOVSS(Segmenter):
                 if key in skip:
                     continue  # a background entry of a class file: the protocol has its own rule
                 if key not in lookup:
-                    raise InputError(f"class {n!r} is not in the {p.name} protocol."
+                    raise InputError(f"class {n!r} is not in the {p.dataset} protocol."
                                      f"{did_you_mean(n, list(p.display_names))} With dataset= the "
                                      "classes select among the dataset's classes; drop dataset= for free-form use")
                 pos.append(lookup[key])
             if not pos:
                 raise InputError("the class list holds only a background entry: give at least one class")
             return names, [p.caption_names[i] for i in pos], pos
-        if classes is None:
-            raise InputError("PnP-OVSS needs classes: pass classes=[...] or a dataset protocol "
-                             f"(dataset= one of {', '.join(PROTOCOLS)})")
-        vocab = classes if isinstance(classes, Vocabulary) else parse_classes(classes)
         if vocab.background is not None:
             vocab = Vocabulary(tuple(n for i, n in enumerate(vocab.names) if i != vocab.background),
                                tuple(q for i, q in enumerate(vocab.queries) if i != vocab.background))
@@ -718,27 +728,28 @@ class PnPOVSS(Segmenter):
 
     # -- the pipeline ----------------------------------------------------------------------------
 
-    def run(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None,
-            image_id: str | None = None) -> tuple[PnPOutput, list[str]]:
-        """Run the whole pipeline on one image and keep every intermediate.
+    def run_pipeline(self, rgb: np.ndarray, vocab: Vocabulary, image_id: str | None = None
+                     ) -> tuple[PnPOutput, list[str]]:
+        """Run the whole pipeline on one decoded image and keep every intermediate.
 
         Returns:
             (intermediates, result class names).
 
         Raises:
-            InputError: bad image or classes, a caption longer than the model accepts, or an image
-                id missing from ``class_lists``.
+            InputError: bad classes, a caption longer than the model accepts, or an image id missing
+                from ``class_lists``.
         """
-        rgb, stem = _read_rgb(image, exif=not self.official)
-        names, cap_names, positions = self._vocabulary(classes)
-        if classes is None and self.class_lists is not None:
-            key = image_id or stem
-            found = _lookup_image_id(self.class_lists, key) if key else None
+        names, cap_names, positions = self.caption_classes(vocab)
+        if vocab.official and self.class_lists is not None:
+            found = lookup_image_id(self.class_lists, image_id) if image_id else None
             if found is None:
-                raise InputError(f"image id {key!r} is not in the class lists: pass image_id= or "
+                raise InputError(f"image id {image_id!r} is not in the class lists: pass image_id= or "
                                  "classes=, or name the file as in the dataset")
             positions = parse_gpt4o_entry(self.class_lists[found], self.protocol, self.gpt4o_min_prob)
             cap_names = [self.protocol.caption_names[i] for i in positions]
+        if self.caption_order == "sorted":
+            order = sorted(range(len(cap_names)), key=lambda i: (cap_names[i].lower(), positions[i]))
+            cap_names, positions = [cap_names[i] for i in order], [positions[i] for i in order]
         tok = self.blip.tokenizer
         caption = "A picture of " + " ".join(cap_names)
         ids = torch.tensor([tok(caption).input_ids], dtype=torch.long)
@@ -838,24 +849,16 @@ class PnPOVSS(Segmenter):
                 "crf_probs": q, "scores": scores, "pred_channels": pred_channels.astype(np.int64),
                 "official_nan": official_nan}
 
-    def predict(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
-                background: list[str] | str | None = None, prob_threshold: float | None = None,
-                image_id: str | None = None) -> SegmentationResult:
+    def segment(self, rgb: np.ndarray, vocab: Vocabulary, *, prob_threshold: float | None = None,
+                image_id: str | None = None, trace: bool = False) -> Segmentation:
         """Segment one image (a batch of one; see the module docstring).
 
-        Args:
-            image: file path, PIL image or (H, W, 3) uint8 RGB array. Files are decoded with PIL as
-                the official code does (with EXIF orientation in free-form use only).
-            classes: class names (free-form), or with ``dataset=`` a selection of the dataset's
-                classes; None: the protocol's classes (or the image's GPT-4o list with
-                ``class_lists``).
-            background: PnP-OVSS scores no background words (its background is where no class map
-                survives the threshold); only None / empty is accepted.
-            prob_threshold: pixels whose top score is below this become background.
-            image_id: key of the image in ``class_lists`` (default: the file stem).
+        ``classes`` are free-form class names, or with ``dataset=`` a selection of the dataset's
+        classes; the protocol's own list puts every class into the caption (or the image's GPT-4o
+        list with ``class_lists``, looked up by ``image_id``, default the file stem).
 
         Returns:
-            ``logits`` (C, H, W): the final scores (CRF probabilities, or the last step that is on)
+            ``scores`` (C, H, W): the final scores (CRF probabilities, or the last step that is on)
             of every class of the label space (0 for classes not in the caption); ``labels`` (H, W)
             indices into ``classes``. Free-form: ``classes`` = background (label 0, unless
             ``background_rule="never"``) + the given classes. With a dataset protocol: the ovss
@@ -864,20 +867,17 @@ class PnPOVSS(Segmenter):
             the official code labels background take their best caption class there);
             ``extras["official_labels"]`` holds the official label map in the official dataset
             ids (VOC / Context ids, ADE ids, COCO category ids), exactly as the official code
-            relabels it.
-
-        Raises:
-            InputError: bad image, classes, option or image id.
+            relabels it. ``trace``: ``pnp`` (:class:`PnPOutput`).
         """
-        if background:
-            raise InputError("PnP-OVSS has no background words: its background is where no class map "
-                             "survives the threshold (see background_rule); drop --background")
-        out, names = self.run(image, classes, image_id=image_id)
-        return self.result_from_output(out, names, prob_threshold=prob_threshold)
+        out, names = self.run_pipeline(rgb, vocab, image_id)
+        seg = self.result_from_output(out, names, prob_threshold=prob_threshold)
+        if trace:
+            seg.trace["pnp"] = out
+        return seg
 
     def result_from_output(self, out: PnPOutput, names: list[str],
-                           prob_threshold: float | None = None) -> SegmentationResult:
-        """The :class:`SegmentationResult` of :meth:`run`'s output (see :meth:`predict`)."""
+                           prob_threshold: float | None = None) -> Segmentation:
+        """The :class:`~ovss.segmenter.Segmentation` of :meth:`run_pipeline`'s output (see :meth:`segment`)."""
         h, w = out.pred_channels.shape
         offset = 1 if out.background else 0
         scores = torch.nan_to_num(out.extras["scores"].float(), nan=0.0)
@@ -924,11 +924,12 @@ class PnPOVSS(Segmenter):
         if official_ids is not None:
             # the label map in the official dataset ids (what the official mIoU scores)
             extras["official_labels"] = torch.from_numpy(official_ids)
-        return SegmentationResult(logits, labels_t, names, bg_index, self.settings(), extras)
+        return Segmentation(logits, labels_t, classes=list(names), background=bg_index, extras=extras,
+                            settings={"prob_threshold": prob_threshold})
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "model": self.model_name, "fingerprint": self.blip.fingerprint,
-                "dataset": self.protocol.name if self.protocol else None, "image_size": self.image_size,
+                "image_size": self.image_size, "caption_order": self.caption_order,
                 "layer": self.layer, "head": self.head, "drop_iter": self.drop_iter,
                 "drop_patches": self.drop_patches, "threshold": self.threshold,
                 "background_rule": self.background_rule, "blur": self.blur, "blur_scale": self.blur_scale,
@@ -947,6 +948,7 @@ def _read_rgb(image: ImageInput, exif: bool) -> tuple[np.ndarray, str | None]:
             return load_image(path), None  # raises the standard InputError
         from PIL import Image, ImageOps
 
+        check_pixels(path)
         try:
             with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im) if exif else im

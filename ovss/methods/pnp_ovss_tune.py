@@ -47,11 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import CLIP_MEAN, CLIP_STD
 from ..errors import InputError, OvssError
-from .pnp_ovss import PnPOVSS, caption_pieces, merge_mean, merge_official, preprocess
+from .pnp_ovss import PnPOVSS, caption_pieces, lookup_image_id, merge_mean, merge_official, parse_gpt4o_entry, preprocess
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TOKEN_CONTRAST_GRID = 24  # official: Attmap_resize((24, 24), pms)
 
 
@@ -183,7 +182,6 @@ def sweep(segmenter: PnPOVSS, images: Sequence[Any], clip: Any, classes: Any = N
         InputError: no images, a bad range, or an image the segmenter rejects.
     """
     from ..backbones.blip import CrossAttentionCapture, inference_with_grad, itm_forward
-    from .pnp_ovss import _read_rgb
 
     if not images:
         raise InputError("give at least one image to tune on")
@@ -205,13 +203,13 @@ def sweep(segmenter: PnPOVSS, images: Sequence[Any], clip: Any, classes: Any = N
     dev = next(clip.model.parameters()).device
     wanted_layers = sorted({s.layer - 1 for s in settings})
     for n, image in enumerate(images):
-        rgb, stem = _read_rgb(image, exif=segmenter.protocol is None)
+        rgb = segmenter.read_image(image)
+        stem = Path(image).stem if isinstance(image, (str, Path)) else None
         name = str(image) if isinstance(image, (str, Path)) else f"image {n}"
-        _, cap_names, _ = segmenter._vocabulary(classes)
-        if classes is None and segmenter.class_lists is not None:
-            from .pnp_ovss import _lookup_image_id, parse_gpt4o_entry
-
-            key = _lookup_image_id(segmenter.class_lists, stem or "")
+        vocab = segmenter.vocabulary(classes)
+        _, cap_names, _ = segmenter.caption_classes(vocab)
+        if vocab.official and segmenter.class_lists is not None:
+            key = lookup_image_id(segmenter.class_lists, stem or "")
             if key is None:
                 raise InputError(f"{name} is not in the class lists")
             pos = parse_gpt4o_entry(segmenter.class_lists[key], segmenter.protocol, segmenter.gpt4o_min_prob)

@@ -48,32 +48,26 @@ mean(S) > 1/beta) raises :class:`~ovss.errors.InputError` where the official cod
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..backbones.clip import LoadedCLIP
-from ..backbones.dino import IMAGENET_MEAN, IMAGENET_STD, LoadedViT, load_vit, patch_features
+from ..backbones.dino import LoadedViT, load_vit, patch_features
 from ..backbones.vit_dense import merge_heads, patch_size, split_heads, tokens_before_last
+from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError
-from ..protocols import register_table
-from ..vocabulary import ClassesInput
+from ..options import Positive, PositiveInt
+from ..protocols import dense_clip_table
 from .clip_dense import DenseCLIPSegmenter, centred_padding
-
-#: OpenAI CLIP normalisation on the 0-1 scale (``myutils.UnNormalize`` in the official segmentor,
-#: ``proxyclip_segmentor.py`` L79 at 05c3c18).
-CLIP_MEAN_01 = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD_01 = (0.26862954, 0.26130258, 0.27577711)
 
 #: ``compute_padsize(H, W, 56)`` in ``proxyclip_segmentor.py::forward_slide`` (L220 at 05c3c18; centred
 #: padding, ``compute_padsize`` L294-306)
 OFFICIAL_PAD_MULTIPLE = 56
 
-# ProxyCLIP configs/base_config.py + configs/cfg_<dataset>.py at e7b767f (reference §1.7).
-_DEFAULTS: dict[str, Any] = dict(short_side=336, crop=336, stride=112, logit_scale=40.0, class_family="proxyclip",
-                                 class_sep="; ", pad_crops=True)
-_PER_DATASET: dict[str, dict[str, Any]] = {
+#: ProxyCLIP configs/base_config.py + configs/cfg_<dataset>.py at e7b767f (reference §1.7).
+PROXYCLIP_PROTOCOLS = dense_clip_table("proxyclip", "proxyclip", dict(
+    short_side=336, max_long_side=2048, crop=336, stride=112, logit_scale=40.0, class_sep="; ", pad_crops=True), {
     "voc21": dict(prob_threshold=0.2),
     "voc20": {},
     "context60": dict(prob_threshold=0.15),
@@ -84,8 +78,7 @@ _PER_DATASET: dict[str, dict[str, Any]] = {
     "ade20k": dict(short_side=448),
     "ade847": dict(short_side=448),
     "context459": dict(short_side=448),
-}
-register_table("proxyclip", _DEFAULTS, _PER_DATASET, "mc-lan/ProxyCLIP configs/cfg_{ds}.py")
+}, "mc-lan/ProxyCLIP configs/cfg_{ds}.py")
 
 
 def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
@@ -140,27 +133,13 @@ class ProxyCLIP(DenseCLIPSegmenter):
     """
 
     method = "proxyclip"
-    paper = "Lan et al., ECCV 2024 (ProxyCLIP)"
-    family = "proxyclip"
+    protocols = PROXYCLIP_PROTOCOLS
 
-    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", dataset: str | None = None,
-                 device: str | torch.device = "cpu", *, proxy_model: str = "vit_base_patch8_224.dino",
-                 proxy_pretrained: str | None = None, beta: float = 1.2, gamma: float = 3.0,
-                 classes: ClassesInput | None = None, background: Sequence[str] | str | None = None,
-                 short_side: int | None = None, long_side: int | None = None,
-                 max_long_side: int | None = None, crop: int | None = None,
-                 stride: int | None = None, logit_scale: float | None = None, prob_threshold: float | None = None,
-                 templates: Sequence[str] | None = None, batch_size: int = 8, precision: str = "fp32",
-                 use_cache: bool = True, clip: LoadedCLIP | None = None) -> None:
-        if not (math.isfinite(beta) and beta > 0):
-            raise InputError(f"beta must be a positive number, got {beta}")
-        if not (math.isfinite(gamma) and gamma > 0):
-            raise InputError(f"gamma must be a positive number, got {gamma}")
-        super().__init__(model, pretrained, dataset, device, classes=classes, background=background,
-                         short_side=short_side, long_side=long_side, max_long_side=max_long_side,
-                         crop=crop, stride=stride,
-                         logit_scale=logit_scale, prob_threshold=prob_threshold, templates=templates,
-                         batch_size=batch_size, precision=precision, use_cache=use_cache, clip=clip)
+    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", *,
+                 proxy_model: str = "vit_base_patch8_224.dino", proxy_pretrained: str | None = None,
+                 beta: Positive = 1.2, gamma: Positive = 3.0, batch_size: PositiveInt | Literal["auto"] | None = 8,
+                 **kwargs: Any) -> None:
+        super().__init__(model, pretrained, batch_size=batch_size, **kwargs)
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.proxy: LoadedViT = load_vit(proxy_model, proxy_pretrained, self.device,
@@ -171,8 +150,9 @@ class ProxyCLIP(DenseCLIPSegmenter):
         if 0 < crop < biggest:
             raise InputError(f"crop {crop} is smaller than a patch ({self.clip.name}: {self.clip_patch[0]} px, "
                              f"{self.proxy.name}: {self.proxy.patch_size} px): use crop >= {biggest}")
-        self._mean01 = torch.tensor(CLIP_MEAN_01, device=self.device).view(1, 3, 1, 1)
-        self._std01 = torch.tensor(CLIP_STD_01, device=self.device).view(1, 3, 1, 1)
+        # OpenAI CLIP statistics on the 0-1 scale (``myutils.UnNormalize``, ``proxyclip_segmentor.py`` L79)
+        self._mean01 = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std01 = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
         self._in_mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._in_std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
+from ..protocols import SCLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
 
 
@@ -27,8 +28,7 @@ class SCLIP(DenseCLIPSegmenter):
     """
 
     method = "sclip"
-    paper = "Wang et al., ECCV 2024 (SCLIP)"
-    family = "sclip_naclip"
+    protocols = SCLIP_PROTOCOLS
 
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         q, k, v = split_heads(block, block.ln_1(x))

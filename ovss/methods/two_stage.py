@@ -17,6 +17,8 @@ proposals classified by CLIP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,27 +27,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbones.clip import LoadedCLIP
+from ..backbones.clip import LoadedCLIP, load_clip
+from ..checkpoints import load_into
+from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN_255, IMAGENET_STD_255, VILD_TEMPLATES
 from ..errors import InputError, ModelLoadError
+from ..imageio import d2_resize
+from ..models.maskformer import MaskFormerV1
+from ..protocols import Protocol
+from ..segmenter import Capabilities, Segmenter
 from ..text import class_embeddings, group_embeddings
+from ..vocabulary import Vocabulary, packaged_class_file
 
-#: CLIP's RGB normalisation (OpenAI), 0-1 scale.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-#: detectron2 / MaskFormer ImageNet normalisation, 0-255 scale (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-#: ZegFormer ``MODEL.CLIP_PIXEL_MEAN`` / ``CLIP_PIXEL_STD`` (0-255 scale, config values).
-ZEGFORMER_CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
-ZEGFORMER_CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.323163)
+__all__ = ["VILD_TEMPLATES", "IMAGENET_MEAN_255", "IMAGENET_STD_255"]
 
-#: ViLD's 14 prompt templates (ZSSeg ``CLIP.VILD_PROMPT``, ``PROMPT_LEARNER vild``).
-VILD_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.", "This is a photo of a {}", "There is a {} in the scene", "There is the {} in the scene",
-    "a photo of a {} in the scene", "a photo of a small {}.", "a photo of a medium {}.", "a photo of a large {}.",
-    "This is a photo of a small {}.", "This is a photo of a medium {}.", "This is a photo of a large {}.",
-    "There is a small {} in the scene.", "There is a medium {} in the scene.", "There is a large {} in the scene.",
-)
 #: ZSSeg default ``PREDEFINED_PROMPT_TEMPLATES`` ("single prompt" configs).
 ZSSEG_SINGLE_TEMPLATES: tuple[str, ...] = ("a sculpture of a {}.",)
 #: ZegFormer ``PROMPT_ENSEMBLE_TYPE single``.
@@ -179,6 +173,41 @@ def zegformer_crops(clip_input: torch.Tensor, masks: torch.Tensor, boxes: torch.
     masked = clip_input[None] * masks[:, None].to(clip_input.dtype)
     rois = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype, device=boxes.device)[:, None], boxes], dim=1)
     return roi_align(masked, rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def zegformer_plain_crops(clip_input: torch.Tensor, boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ZegFormer ``CLIP_CLS_STYLE crop`` inputs: ``roi_align`` of the unmasked CLIP input per box
+    (``mask_former_model.py`` ``box_images = roi_align(clip_images_repeat, boxes_list, 224, aligned=True)``).
+
+    Args:
+        clip_input: float32 (3, hp, wp) CLIP-normalised, zero-padded image.
+        boxes: float32 (Q, 4) from :func:`zegformer_boxes`.
+
+    Returns:
+        float32 (Q, 3, size, size).
+    """
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.zeros(len(boxes), 1, dtype=boxes.dtype, device=boxes.device), boxes], dim=1)
+    return roi_align(clip_input[None], rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def zegformer_masked_images(clip_input: torch.Tensor, mask_logits: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ZegFormer ``CLIP_CLS_STYLE mask`` inputs: the whole padded CLIP input resized to ``size`` (bilinear)
+    times each query's mask, itself resized to ``size`` from the padded-size logits and binarised at
+    sigmoid 0.5 (``mask_former_model.py``: ``images_tensor = F.interpolate(clip_images.tensor, (224, 224))``,
+    ``masked_image_tensors = images_tensor.unsqueeze(1) * (mask_pred_results_224.sigmoid() > 0.5)``).
+
+    Args:
+        clip_input: float32 (3, hp, wp) CLIP-normalised, zero-padded image.
+        mask_logits: float32 (Q, hp, wp) mask logits at the padded size.
+
+    Returns:
+        float32 (Q, 3, size, size).
+    """
+    image = F.interpolate(clip_input[None], size=(size, size), mode="bilinear", align_corners=False)
+    masks = F.interpolate(mask_logits[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return image * (masks.sigmoid() > 0.5)[:, None].to(image.dtype)
 
 
 # ---------------------------------------------------------------------------------- text side
@@ -341,3 +370,159 @@ def proposal_masks(generator: MaskGenerator, image: np.ndarray) -> torch.Tensor:
         raise InputError(f"the mask generator must return (N, {image.shape[0]}, {image.shape[1]}) masks, "
                          f"got shape {tuple(masks.shape)}")
     return masks.bool().cpu()
+
+
+# ------------------------------------------------------------------------------ the shared method base
+
+@dataclass(frozen=True)
+class TwoStageProtocol(Protocol):
+    """One official evaluation setting of a two-stage method (a ``configs/**/*_eval.yaml`` or
+    ``cross_dataset_test_only.yaml``).
+
+    Attributes:
+        config: the official config file of the row.
+        prompt: prompt set of the text classifier.
+        train_classes: class file of the training vocabulary whose classes, minus ``unseen``, count
+            as seen (the zero-shot split); None where every class counts as unseen (cross-dataset).
+        unseen: the unseen classes of the split (whole class strings).
+        class_file: ``"<family>/<file>"`` (one class per line, synonyms kept as one ``", "``-joined
+            string) or ``"dataset:<name>"`` for ovss's benchmark list (``ovss/data/dataset_classes.json``).
+    """
+
+    config: str = ""
+    prompt: str = ""
+    train_classes: str | None = None
+    unseen: tuple[str, ...] = ()
+
+    def vocabulary(self) -> Vocabulary | None:
+        """The class list; display names are the whole lines, the synonyms of a line (``", "``) its queries."""
+        if self.class_file is None:
+            return None
+        lines = class_lines(self.class_file)
+        return Vocabulary(tuple(lines), tuple(tuple(n.split(", ")) for n in lines), None, official=True)
+
+    def seen_names(self) -> frozenset[str]:
+        """Whole class strings that count as seen (trained) classes."""
+        if self.train_classes is None:
+            return frozenset()
+        return frozenset(n for n in class_lines(self.train_classes) if n not in set(self.unseen))
+
+
+def class_lines(spec: str) -> list[str]:
+    """Lines of a packaged class file ``"<family>/<file>"``, or the benchmark list ``"dataset:<name>"``."""
+    if spec.startswith("dataset:"):
+        import json
+        from importlib import resources
+
+        text = resources.files("ovss").joinpath("data/dataset_classes.json").read_text(encoding="utf-8")
+        return list(json.loads(text)[spec.split(":", 1)[1]])
+    family, name = spec.split("/", 1)
+    text = packaged_class_file(family, name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_strings(vocab: Vocabulary) -> list[str]:
+    """One string per class, its synonyms joined with ``", "`` (the detectron2 ADE convention both
+    official codes use: ZSSeg encodes the string whole, ZegFormer averages over its synonyms)."""
+    return [", ".join(q) for q in vocab.queries]
+
+
+class TwoStageSegmenter(Segmenter):
+    """What ZSSeg and ZegFormer share: the CLIP, the released MaskFormer checkpoint (or a training-free
+    mask generator), detectron2's test input, seen/unseen classes, settings.
+
+    Args:
+        model, pretrained: the CLIP (official: "ViT-B-16" / "openai").
+        checkpoint: the released ``.pth`` (or one written by ovss training); required unless
+            ``proposals`` names another mask generator.
+        config: the checkpoint's architecture config (official YAML or dotted-key JSON); None = the
+            released sizes. An official eval config also overrides the protocol with the inference
+            keys it sets (test size, prompt set, ensemble settings); explicit arguments win.
+        proposals: "maskformer" (default), or a class-agnostic mask generator (a callable image ->
+            (N, h, w) bool masks, or a transformers mask-generation model id such as a SAM checkpoint
+            folder): training-free, masks classified by the CLIP crop stage only.
+        proposal_options: keyword arguments of the transformers mask-generation pipeline call
+            (``points_per_batch``, ``pred_iou_thresh``, ...).
+        use_cache: use the on-disk text-embedding cache.
+        **common: dataset, device, short_side, max_long_side, classes: see :class:`ovss.segmenter.Segmenter`.
+
+    Raises:
+        UnknownNameError: unknown dataset or prompt set.
+        ModelLoadError: missing / wrong checkpoint, or a CLIP that does not fit it.
+    """
+
+    capabilities = Capabilities(decoder="pillow", trainable=True, score_kind="mask_classification")
+    #: the method's name in messages ("ZSSeg", "ZegFormer")
+    title: str = ""
+
+    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", *,
+                 checkpoint: str | Path | None = None, config: str | Path | dict[str, Any] | None = None,
+                 proposals: str | Callable[..., Any] = "maskformer", proposal_options: dict[str, Any] | None = None,
+                 use_cache: bool = True, **common: Any) -> None:
+        super().__init__(**common)
+        self.weights = self.read_checkpoint(checkpoint, config) if checkpoint is not None else None
+        # an official eval config's explicit inference keys apply over the protocol; arguments win
+        self.config_settings: dict[str, Any] = dict(self.weights.settings) if self.weights is not None else {}
+        base = self.protocols.get(self.dataset)
+        cfg = self.config_settings
+        self.protocol = self.protocol.with_overrides(
+            short_side=int(common.get("short_side") or cfg.get("short_side") or base.short_side),
+            max_long_side=int(common.get("max_long_side") or cfg.get("max_long_side") or base.max_long_side))
+        self.use_cache = use_cache
+        self.model_name, self.pretrained = model, pretrained
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.clip: LoadedCLIP = load_clip(model, pretrained, self.device)
+        self.check_clip()
+        self.generator = (None if proposals == "maskformer"
+                          else mask_generator(proposals, self.device, **(proposal_options or {})))
+        self.maskformer: MaskFormerV1 | None = None
+        if self.weights is None:
+            if self.generator is None:
+                raise ModelLoadError(f"{self.title} needs its checkpoint: pass checkpoint=PATH (--checkpoint) with the "
+                                     "released .pth (see docs/two_stage.md), or proposals=<mask generator>")
+        else:
+            net = MaskFormerV1(self.weights.config)
+            try:
+                load_into(net, self.weights.maskformer, f"{self.title} checkpoint {self.weights.source}")
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{exc}; without --config the released {self.title} sizes are assumed: pass the "
+                                     "checkpoint's config (official YAML or dotted-key JSON) with config=... / "
+                                     "--config") from None
+            self.maskformer = net.to(self.device).eval()
+        self._seen = self.protocol.seen_names()
+
+    def read_checkpoint(self, checkpoint: str | Path, config: str | Path | dict[str, Any] | None) -> Any:
+        """The method's checkpoint reader (weights, MaskFormer config, inference settings)."""
+        raise NotImplementedError
+
+    def check_clip(self) -> None:
+        """Refuse a CLIP the method cannot use, before the MaskFormer loads (default: any).
+
+        Raises:
+            ModelLoadError: a CLIP of the wrong width.
+        """
+
+    def seen_flags(self, names: Sequence[str]) -> torch.Tensor:
+        """bool (C,): which whole class strings are seen classes of the protocol's split."""
+        return torch.tensor([n in self._seen for n in names], dtype=torch.bool, device=self.device)
+
+    def network_input(self, rgb: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """detectron2's test resize: (resized (h, w, 3) uint8, (3, h, w) uint8 tensor on the device)."""
+        resized = d2_resize(rgb, self.short_side, self.max_long_side)
+        return resized, torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device)
+
+    def imagenet_input(self, img: torch.Tensor) -> torch.Tensor:
+        """(3, h, w) uint8 -> (3, h, w) float32 ImageNet-normalised MaskFormer input (``MODEL.PIXEL_MEAN/STD``)."""
+        mean = torch.tensor(IMAGENET_MEAN_255, device=self.device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD_255, device=self.device).view(3, 1, 1)
+        return (img.float() - mean) / std
+
+    @staticmethod
+    def to_original(semseg: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(C, h, w) -> (C, H, W) bilinear (detectron2 ``sem_seg_postprocess``'s final resize)."""
+        return F.interpolate(semseg[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "model": self.model_name, "pretrained": str(self.pretrained),
+                "checkpoint": self.checkpoint, "short_side": self.short_side, "max_long_side": self.max_long_side,
+                "proposals": "maskformer" if self.generator is None else "external"}

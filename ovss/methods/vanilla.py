@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
+from ..protocols import VANILLA_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
 
 
@@ -34,8 +35,7 @@ class VanillaCLIP(DenseCLIPSegmenter):
     """
 
     method = "vanilla"
-    paper = "Radford et al., ICML 2021 (CLIP); dense baseline of ClearCLIP, ECCV 2024"
-    family = "clearclip"
+    protocols = VANILLA_PROTOCOLS
 
     def __init__(self, *args: Any, residual: bool = True, **kwargs: Any) -> None:
         self.residual = residual

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform_attn import MSDeformAttn
+from .detr import MLP, PositionEmbeddingSine
+from .mask_pooling import mask_pool
 
 
 @dataclass
@@ -65,34 +67,6 @@ class FCCLIPConfig:
     embed_dim: int = 768
     common_stride: int = 4
     num_train_classes: int = 133
-
-
-class PositionEmbeddingSine(nn.Module):
-    """Normalised sine position embedding of DETR (``position_encoding.py``), no padding mask.
-
-    Args:
-        num_pos_feats: features per axis (output channels = 2 * num_pos_feats, y part first).
-    """
-
-    def __init__(self, num_pos_feats: int = 64, temperature: float = 10000, scale: float = 2 * math.pi) -> None:
-        super().__init__()
-        self.num_pos_feats, self.temperature, self.scale = num_pos_feats, temperature, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, *, H, W) -> (B, 2 * num_pos_feats, H, W) float32."""
-        not_mask = torch.ones((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
-        eps = 1e-6
-        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
 class ConvNormAct(nn.Conv2d):
@@ -309,39 +283,6 @@ class FFNLayer(nn.Module):
         if self.pre_norm:
             return tgt + self.linear2(F.relu(self.linear1(self.norm(tgt))))
         return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
-
-
-class MLP(nn.Module):
-    """``num_layers`` Linear layers with ReLU between them."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
-        return x
-
-
-def mask_pool(x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """Average features inside binary masks (``MaskPooling`` of the official decoder).
-
-    Args:
-        x: (B, C, H, W) features.
-        mask_logits: (B, Q, h, w) mask logits, bilinearly resized to (H, W) when needed
-            (align_corners False); binarised at > 0 without gradient.
-
-    Returns:
-        (B, Q, C): ``sum(x * m) / (sum(m) + 1e-8)``.
-    """
-    if mask_logits.shape[-2:] != x.shape[-2:]:
-        mask_logits = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        m = (mask_logits.detach() > 0).to(mask_logits.dtype)
-        m = m / (m.sum(dim=(-1, -2), keepdim=True) + 1e-8)
-    return torch.einsum("bchw,bqhw->bqc", x, m)
 
 
 def synonym_index(num_synonyms: Sequence[int]) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.resnet import ResNet, ResNetConfig
-from .mask2former import MLP, PositionEmbeddingSine  # the same DETR modules, same keys
+from .detr import MLP, PositionEmbeddingSine
 
 
 @dataclass

@@ -1,32 +1,35 @@
-"""Train the FC-CLIP head on COCO panoptic (or any dataset in COCO-panoptic format).
+"""Train FC-CLIP's head on COCO panoptic (or any dataset in COCO-panoptic format), as the paper did.
 
-The recipe of the official config (``configs/coco/panoptic-segmentation/fcclip/
+The recipe of the official config (fc-clip ``configs/coco/panoptic-segmentation/fcclip/
 fcclip_convnext_large_eval_ade20k.yaml`` and its bases; Mask2Former ``SetCriterion`` /
-``HungarianMatcher`` / ``build_optimizer``):
+``HungarianMatcher`` / ``build_optimizer`` in fc-clip ``fcclip/modeling/criterion.py``,
+``fcclip/modeling/matcher.py``, ``train_net.py``):
 
-* data: COCO panoptic train, large-scale jitter (random horizontal flip, resize scale 0.1-2.0 of a
-  1024 x 1024 target, fixed 1024 x 1024 crop with padding), crowd segments dropped;
+* data: COCO panoptic train, large-scale jitter (:func:`ovss.training.augment.lsj_panoptic`: flip,
+  resize scale 0.1-2.0 of a 1024 x 1024 target, fixed 1024 x 1024 crop with padding), crowd segments
+  dropped (``coco_panoptic_new_baseline_dataset_mapper.py:146-153``);
 * frozen CLIP; the in-vocabulary head is trained against the COCO text classifier (+ void);
 * losses: class cross-entropy (weight 2, no-object weight 0.1), sigmoid BCE (5) and Dice (5) on
-  12,544 points sampled with PointRend importance sampling (oversample 3, importance 0.75);
-  Hungarian matching (SciPy) on the same costs with 12,544 uniform points; deep supervision on
-  every decoder head;
+  12,544 points sampled with PointRend importance sampling (oversample 3, importance 0.75), normalised
+  by the number of target masks summed over ranks / world size (``criterion.py`` ``forward``);
+  Hungarian matching (SciPy) on the same costs with 12,544 uniform points; deep supervision;
 * AdamW lr 1e-4, weight decay 0.05 (0 for norms and embeddings), full-model gradient clipping at
-  0.01, step decay x0.1 at 327,778 and 355,092 of 368,750 iterations, batch 16; AMP on GPU.
+  0.01, step decay x0.1 at 327,778 and 355,092 of 368,750 iterations (warmup 10, factor 1.0),
+  batch 16, AMP.
 
-Run ``python -m ovss.training.fc_clip_train --help``. Checkpoints (``model_XXXXXXX.pth`` and
-``model_final.pth`` in the output folder) use the official key names, so
-``ovss.create_segmenter("fc_clip", checkpoint=...)`` loads them like the released ones.
+Random points: the official code draws them from the global torch RNG in a fixed order
+(``point_rng="global"``, used by the parity test); ``ovss train`` draws each image's points from its
+own generator seeded by the image's stream position, so the losses do not depend on how the batch is
+split over ranks and accumulation steps.
+
+``ovss train fc_clip --help`` for the command. Checkpoints use the official key names, so
+``ovss segment --method fc_clip --checkpoint model_final.pth`` loads them like the released ones.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import random
-import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,10 +43,11 @@ from torch import nn
 from ..backbones.convnext_clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, load_conv_clip
 from ..data.datasets import rgb2id
 from ..errors import DatasetError, InputError
-from .losses import batch_dice_cost, batch_sigmoid_ce_cost, dice_loss, sigmoid_ce_loss
 from ..models.mask2former import FCCLIPConfig, FCCLIPNet
-from ..text import class_embeddings
 from ..vocabulary import Vocabulary
+from .augment import AugRandom, lsj_panoptic, sample_random
+from .engine import LRFactor
+from .losses import batch_dice_cost, batch_sigmoid_ce_cost, dice_loss, sigmoid_ce_loss
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -53,14 +57,18 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
     """Images + panoptic PNGs + the panoptic JSON of the COCO format.
 
     Args:
-        image_dir: folder of the images (``<file_name stem>.jpg``, or any suffix that exists).
+        image_dir: folder of the images (``images[i].file_name``, or the annotation's stem with
+            .jpg/.png/.jpeg).
         panoptic_json: ``panoptic_*.json`` with ``annotations`` and ``categories``.
         panoptic_dir: folder of the panoptic PNGs named by ``annotations[i].file_name``.
         image_size: LSJ target size (1024 in the paper).
         min_scale, max_scale: LSJ scale range.
-        augment: apply LSJ + flip (off: resize the long side to ``image_size`` and pad).
+        augment: apply LSJ (off: resize the long side to ``image_size`` and pad, no randomness).
+        seed: seed of the per-sample random sources (with the position given to :meth:`load`).
 
-    Items: ``image`` (3, S, S) uint8, ``labels`` (N,) contiguous class ids, ``masks`` (N, S, S) bool.
+    Items (:meth:`load`): ``image`` (3, S, S) uint8, ``labels`` (N,) contiguous class ids (category
+    order of the JSON), ``masks`` (N, S, S) bool. Every annotation is kept, also those whose
+    segments are all crowd (no target masks), as detectron2 does for panoptic data.
 
     Raises:
         DatasetError: missing files or an empty dataset.
@@ -68,22 +76,27 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
 
     def __init__(self, image_dir: str | Path, panoptic_json: str | Path, panoptic_dir: str | Path,
                  image_size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0,
-                 augment: bool = True) -> None:
+                 augment: bool = True, seed: int = 0) -> None:
         self.image_dir, self.panoptic_dir = Path(image_dir), Path(panoptic_dir)
         path = Path(panoptic_json)
         if not path.is_file():
             raise DatasetError(f"panoptic JSON not found: {path}")
         if not self.image_dir.is_dir() or not self.panoptic_dir.is_dir():
             raise DatasetError(f"image folder {self.image_dir} or panoptic folder {self.panoptic_dir} is missing")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path} is not a COCO panoptic JSON ({exc})") from None
+        if "categories" not in data or "annotations" not in data:
+            raise DatasetError(f"{path} is not a COCO panoptic JSON (no 'categories' / 'annotations')")
         self.categories = data["categories"]
         self.cat_to_contiguous = {c["id"]: i for i, c in enumerate(self.categories)}
-        self.annotations = [a for a in data["annotations"]
-                            if any(not s.get("iscrowd", 0) for s in a["segments_info"])]
+        self.annotations = sorted(data["annotations"], key=lambda a: str(a["file_name"]))
         if not self.annotations:
-            raise DatasetError(f"{path} has no annotation with a non-crowd segment")
+            raise DatasetError(f"{path} has no annotations")
         self.images = {im["id"]: im for im in data.get("images", [])}
-        self.image_size, self.min_scale, self.max_scale, self.augment = image_size, min_scale, max_scale, augment
+        self.image_size, self.min_scale, self.max_scale = image_size, min_scale, max_scale
+        self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -98,49 +111,54 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
                 return c
         raise DatasetError(f"image of annotation {ann['file_name']} not found in {self.image_dir}")
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 image (detectron2 ``read_image(..., "RGB")``) and its (H, W, 3) uint8 panoptic PNG."""
+        from ..imageio import read_image_d2
+
         ann = self.annotations[i]
-        image = np.asarray(Image.open(self._image_path(ann)).convert("RGB"))
+        image = read_image_d2(self._image_path(ann))
         pan_path = self.panoptic_dir / ann["file_name"]
         if not pan_path.is_file():
             raise DatasetError(f"panoptic PNG not found: {pan_path}")
-        ids = rgb2id(np.asarray(Image.open(pan_path).convert("RGB")))
-        image, ids = self._transform(image, ids)
+        pan = np.asarray(Image.open(pan_path).convert("RGB"))
+        if pan.shape[:2] != image.shape[:2]:
+            raise DatasetError(f"{pan_path} is {pan.shape[1]}x{pan.shape[0]} but its image "
+                               f"{image.shape[1]}x{image.shape[0]}")
+        return image, pan
+
+    def load(self, i: int, rng: AugRandom | None = None) -> dict[str, torch.Tensor]:
+        """Sample ``i`` augmented with ``rng`` (default: seeded from ``(seed, i)``)."""
+        ann = self.annotations[i]
+        image, pan = self.read(i)
+        s = self.image_size
+        if self.augment:
+            image, pan = lsj_panoptic(image, pan, rng or sample_random(self.seed, i), image_size=s,
+                                      min_scale=self.min_scale, max_scale=self.max_scale)
+        else:
+            h, w = image.shape[:2]
+            scale = min(s / h, s / w)
+            nh, nw = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
+            image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+            pan = np.asarray(Image.fromarray(pan).resize((nw, nh), Image.NEAREST))
+            image = np.pad(image, ((0, s - nh), (0, s - nw), (0, 0)), constant_values=128)
+            pan = np.pad(pan, ((0, s - nh), (0, s - nw), (0, 0)), constant_values=255)
+        ids = rgb2id(pan)
         labels, masks = [], []
         for seg in ann["segments_info"]:
             if seg.get("iscrowd", 0):
                 continue
-            m = ids == seg["id"]
-            if m.any():
-                labels.append(self.cat_to_contiguous[seg["category_id"]])
-                masks.append(m)
-        s = self.image_size
+            if seg["category_id"] not in self.cat_to_contiguous:
+                raise DatasetError(f"segment {seg['id']} of {ann['file_name']} has category {seg['category_id']}, "
+                                   "which the JSON's categories do not list")
+            labels.append(self.cat_to_contiguous[seg["category_id"]])
+            masks.append(ids == seg["id"])
+        hh, ww = ids.shape
         return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
                 "labels": torch.tensor(labels, dtype=torch.long),
-                "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, s, s, dtype=torch.bool)}
+                "masks": (torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, hh, ww, dtype=torch.bool))}
 
-    def _transform(self, image: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """LSJ (detectron2 ``ResizeScale`` + ``FixedSizeCrop``, pad value 128 / no segment)."""
-        h, w = ids.shape
-        s = self.image_size
-        if self.augment:
-            if random.random() < 0.5:
-                image, ids = image[:, ::-1], ids[:, ::-1]
-            scale = random.uniform(self.min_scale, self.max_scale)
-            out_scale = min(s * scale / h, s * scale / w)
-        else:
-            out_scale = min(s / h, s / w)
-        nh, nw = max(int(round(h * out_scale)), 1), max(int(round(w * out_scale)), 1)
-        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((nw, nh), Image.BILINEAR))
-        ids = np.asarray(Image.fromarray(np.ascontiguousarray(ids).astype(np.int32)).resize((nw, nh), Image.NEAREST))
-        y0 = random.randint(0, max(nh - s, 0)) if self.augment else 0
-        x0 = random.randint(0, max(nw - s, 0)) if self.augment else 0
-        image, ids = image[y0:y0 + s, x0:x0 + s], ids[y0:y0 + s, x0:x0 + s]
-        out_img = np.full((s, s, 3), 128, dtype=np.uint8)
-        out_ids = np.full((s, s), -1, dtype=np.int64)
-        out_img[: image.shape[0], : image.shape[1]] = image
-        out_ids[: ids.shape[0], : ids.shape[1]] = ids
-        return out_img, out_ids
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.load(i)
 
 
 def collate(batch: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
@@ -150,15 +168,19 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor
 def dataset_vocabulary(categories: Sequence[dict[str, Any]], class_file: str | Path | None = None) -> Vocabulary:
     """Class names (with synonyms) of the training categories, in contiguous order.
 
-    The COCO panoptic categories get FC-CLIP's synonym file; otherwise ``class_file`` (FC-CLIP
-    format) when given, else each category's ``name`` split on commas.
+    The COCO panoptic categories get FC-CLIP's synonym file; otherwise ``class_file`` when given
+    (FC-CLIP's ``id:name,synonym`` lines, or one class per line with synonyms after commas), else
+    each category's ``name`` split on commas.
+
+    Raises:
+        InputError: the class file does not list one class per category.
     """
     from ..methods.fc_clip import dataset_vocabulary as protocol_vocab
-    from ..methods.fc_clip import read_fcclip_class_file, split_synonyms
+    from ..methods.fc_clip import split_synonyms
 
     if class_file is not None:
-        vocab = read_fcclip_class_file(class_file)
-    elif [c.get("id") for c in categories] == _coco_panoptic_ids():
+        vocab = read_class_file(class_file)
+    elif [c.get("id") for c in categories] == coco_panoptic_ids():
         return protocol_vocab("coco_panoptic")
     else:
         rows = [split_synonyms(c["name"]) for c in categories]
@@ -168,7 +190,33 @@ def dataset_vocabulary(categories: Sequence[dict[str, Any]], class_file: str | P
     return vocab
 
 
-def _coco_panoptic_ids() -> list[int]:
+def read_class_file(path: str | Path) -> Vocabulary:
+    """``--classes FILE``: one class per line, synonyms after commas (``dog, puppy``); FC-CLIP's
+    ``id:name,synonym`` lines are accepted too (the id is dropped).
+
+    Raises:
+        InputError: missing or empty file.
+    """
+    from ..methods.fc_clip import split_synonyms
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"class file not found: {p}")
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, sep, rest = line.partition(":")
+        if sep and head.strip().isdigit():
+            line = rest
+        rows.append(split_synonyms(line))
+    if not rows:
+        raise InputError(f"class file {p} lists no class")
+    return Vocabulary(tuple(r[0] for r in rows), tuple(tuple(r) for r in rows))
+
+
+def coco_panoptic_ids() -> list[int]:
     """COCO panoptic category ids, read from FC-CLIP's synonym file (``id:names`` lines)."""
     from ..vocabulary import packaged_class_file
 
@@ -182,16 +230,24 @@ def _coco_panoptic_ids() -> list[int]:
 
 
 def point_sample(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (N, C, H, W) maps at (N, P, 2) normalised (x, y) in [0, 1] -> (N, C, P)."""
+    """Bilinear samples of (N, C, H, W) maps at (N, P, 2) normalised (x, y) in [0, 1] -> (N, C, P)
+    (detectron2 ``projects/PointRend/point_rend/point_features.py`` ``point_sample``)."""
     return F.grid_sample(x, (2.0 * coords - 1.0).unsqueeze(2), align_corners=False).squeeze(3)
 
 
+def _rand(shape: tuple[int, ...], gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    if gen is None:
+        return torch.rand(*shape, device=device)
+    return torch.rand(*shape, generator=gen).to(device)
+
+
 def uncertain_point_coords(logits: torch.Tensor, num_points: int, oversample_ratio: float,
-                           importance_ratio: float) -> torch.Tensor:
+                           importance_ratio: float, gen: torch.Generator | None = None) -> torch.Tensor:
     """PointRend ``get_uncertain_point_coords_with_randomness`` with uncertainty ``-|logit|``.
 
     Args:
         logits: (N, 1, H, W) mask logits.
+        gen: CPU generator of the random points (None: the global RNG on ``logits``' device).
 
     Returns:
         (N, num_points, 2) coordinates in [0, 1]: the most uncertain of ``oversample_ratio *
@@ -199,7 +255,7 @@ def uncertain_point_coords(logits: torch.Tensor, num_points: int, oversample_rat
     """
     n = logits.shape[0]
     sampled = int(num_points * oversample_ratio)
-    coords = torch.rand(n, sampled, 2, device=logits.device)
+    coords = _rand((n, sampled, 2), gen, logits.device)
     uncertainty = -point_sample(logits, coords).abs()
     n_imp = int(importance_ratio * num_points)
     n_rand = num_points - n_imp
@@ -207,12 +263,14 @@ def uncertain_point_coords(logits: torch.Tensor, num_points: int, oversample_rat
     idx = idx + sampled * torch.arange(n, dtype=torch.long, device=logits.device)[:, None]
     coords = coords.view(-1, 2)[idx.view(-1), :].view(n, n_imp, 2)
     if n_rand > 0:
-        coords = torch.cat([coords, torch.rand(n, n_rand, 2, device=logits.device)], dim=1)
+        coords = torch.cat([coords, _rand((n, n_rand, 2), gen, logits.device)], dim=1)
     return coords
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one query/target matching on class + mask BCE + Dice costs (SciPy LSAP)."""
+    """One-to-one query/target matching on class + mask BCE + Dice costs (SciPy LSAP), fc-clip
+    ``fcclip/modeling/matcher.py`` ``memory_efficient_forward``: per image, one set of uniform points
+    shared by predictions and targets (drawn even when the image has no target)."""
 
     def __init__(self, cost_class: float = 2.0, cost_mask: float = 5.0, cost_dice: float = 5.0,
                  num_points: int = 12544) -> None:
@@ -220,8 +278,17 @@ class HungarianMatcher(nn.Module):
         self.cost_class, self.cost_mask, self.cost_dice, self.num_points = cost_class, cost_mask, cost_dice, num_points
 
     @torch.no_grad()
-    def forward(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                generators: Sequence[torch.Generator] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            outputs: ``pred_logits`` (B, Q, K + 1), ``pred_masks`` (B, Q, h, w).
+            targets: per image ``labels`` (N,) and ``masks`` (N, H, W).
+            generators: per image CPU generators of the points (None: global RNG, official order).
+
+        Returns:
+            per image (query indices, target indices), int64, sorted by query.
+        """
         bs, nq = outputs["pred_logits"].shape[:2]
         indices = []
         for b in range(bs):
@@ -229,10 +296,10 @@ class HungarianMatcher(nn.Module):
             tgt_ids = targets[b]["labels"]
             out_mask = outputs["pred_masks"][b][:, None].float()
             tgt_mask = targets[b]["masks"].to(out_mask)[:, None]
+            coords = _rand((1, self.num_points, 2), generators[b] if generators else None, out_mask.device)
             if tgt_ids.numel() == 0:
                 indices.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
                 continue
-            coords = torch.rand(1, self.num_points, 2, device=out_mask.device)
             tgt = point_sample(tgt_mask, coords.repeat(tgt_mask.shape[0], 1, 1)).squeeze(1)
             out = point_sample(out_mask, coords.repeat(out_mask.shape[0], 1, 1)).squeeze(1)
             cost = (self.cost_mask * batch_sigmoid_ce_cost(out, tgt) + self.cost_class * -prob[:, tgt_ids]
@@ -242,12 +309,14 @@ class HungarianMatcher(nn.Module):
 
 
 class SetCriterion(nn.Module):
-    """Mask2Former's set criterion with deep supervision.
+    """Mask2Former's set criterion with deep supervision (fc-clip ``fcclip/modeling/criterion.py``).
 
     Args:
         num_classes: K training classes (the void / no-object column is index K).
+        matcher: the Hungarian matcher.
         eos_coef: cross-entropy weight of the no-object class (0.1).
         weights: loss weights ``ce``, ``mask``, ``dice`` (2, 5, 5).
+        num_points, oversample_ratio, importance_sample_ratio: PointRend sampling of the mask losses.
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, eos_coef: float = 0.1,
@@ -261,10 +330,12 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty)
         self.num_points, self.oversample_ratio, self.importance_sample_ratio = (
             num_points, oversample_ratio, importance_sample_ratio)
+        self.last_indices: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def _losses(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
-                num_masks: float) -> dict[str, torch.Tensor]:
-        indices = self.matcher(outputs, targets)
+                num_masks: float, generators: Sequence[torch.Generator] | None) -> dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets, generators)
+        self.last_indices.append(indices)
         logits = outputs["pred_logits"].float()
         batch_idx = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)])
         src_idx = torch.cat([s for s, _ in indices])
@@ -278,29 +349,50 @@ class SetCriterion(nn.Module):
         src_masks = outputs["pred_masks"][batch_idx, src_idx][:, None]
         tgt_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).to(src_masks)[:, None]
         with torch.no_grad():
-            coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
-                                            self.importance_sample_ratio)
+            if generators is None:
+                coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
+                                                self.importance_sample_ratio)
+            else:  # each image's matched masks from that image's generator
+                counts = [len(s) for s, _ in indices]
+                parts, at = [], 0
+                for b, n in enumerate(counts):
+                    if n:
+                        parts.append(uncertain_point_coords(src_masks[at:at + n].float(), self.num_points,
+                                                            self.oversample_ratio, self.importance_sample_ratio,
+                                                            generators[b]))
+                    at += n
+                coords = torch.cat(parts)
             labels = point_sample(tgt_masks.float(), coords).squeeze(1)
         point_logits = point_sample(src_masks.float(), coords).squeeze(1)
         return {"loss_ce": loss_ce, "loss_mask": sigmoid_ce_loss(point_logits, labels, num_masks),
                 "loss_dice": dice_loss(point_logits, labels, num_masks)}
 
-    def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Weighted losses of the final head and of every auxiliary head (suffix ``_i``)."""
-        num_masks = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
-        losses = {k: v * self.weights[k] for k, v in self._losses(outputs, targets, num_masks).items()}
+    def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]], num_masks: float | None = None,
+                generators: Sequence[torch.Generator] | None = None) -> dict[str, torch.Tensor]:
+        """Weighted losses of the final head and of every auxiliary head (suffix ``_i``).
+
+        Args:
+            num_masks: the normaliser of the mask losses (default: this batch's target count, at least 1).
+            generators: per image point generators (None: global RNG in the official order).
+        """
+        if num_masks is None:
+            num_masks = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        self.last_indices = []
+        losses = {k: v * self.weights[k] for k, v in self._losses(outputs, targets, num_masks, generators).items()}
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v * self.weights[k] for k, v in self._losses(aux, targets, num_masks).items()})
+            losses.update({f"{k}_{i}": v * self.weights[k]
+                           for k, v in self._losses(aux, targets, num_masks, generators).items()})
         return losses
 
 
 # ---------------------------------------------------------------------------------------------
-# optimiser, checkpoints, loop
+# optimiser, model
 
 
-def build_optimizer(net: FCCLIPNet, lr: float = 1e-4, weight_decay: float = 0.05) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay for norm layers and embeddings
-    (Mask2Former ``build_optimizer`` with WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0)."""
+def build_optimizer(net: nn.Module, lr: float = 1e-4, weight_decay: float = 0.05) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, one group per parameter; no weight decay for norm layers
+    and embeddings (fc-clip ``train_net.py`` ``build_optimizer`` with WEIGHT_DECAY_NORM =
+    WEIGHT_DECAY_EMBED = 0; the backbone multiplier does not matter: CLIP is frozen)."""
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.InstanceNorm2d)
     params, seen = [], set()
     for module in net.modules():
@@ -316,36 +408,15 @@ def build_optimizer(net: FCCLIPNet, lr: float = 1e-4, weight_decay: float = 0.05
 def lr_factor(it: int, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 10,
               warmup_factor: float = 1.0) -> float:
     """detectron2 WarmupMultiStepLR (linear warmup) multiplier at iteration ``it``."""
-    f = gamma ** sum(1 for s in steps if it >= s)
-    if it < warmup_iters:
-        alpha = it / warmup_iters
-        f *= warmup_factor * (1 - alpha) + alpha
-    return f
-
-
-def save_checkpoint(path: str | Path, net: FCCLIPNet, criterion: SetCriterion, optimizer: torch.optim.Optimizer | None,
-                    iteration: int, extra: dict[str, Any] | None = None, scaler: Any = None) -> None:
-    """Write a detectron2-style checkpoint: ``{"model": official-named tensors (no CLIP text
-    tower), "optimizer", "iteration", "fcclip_config"}``; readable by :func:`ovss.importers.fc_clip.build_fcclip`."""
-    model = {k: v.detach().cpu() for k, v in net.head_state_dict().items()}
-    model["criterion.empty_weight"] = criterion.empty_weight.detach().cpu()
-    state: dict[str, Any] = {"model": model, "iteration": iteration, "fcclip_config": asdict(net.cfg)}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    if extra:
-        state.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    (path.parent / "last_checkpoint").write_text(path.name)
+    return LRFactor("multistep", max(steps, default=1) + 1, steps, gamma, warmup_iters, warmup_factor)(it)
 
 
 def load_trainable(net: FCCLIPNet, path: str | Path) -> None:
-    """Initialise the head (not CLIP) from an FC-CLIP checkpoint (``--init``)."""
+    """Initialise the head (not CLIP) from an FC-CLIP checkpoint (``--init``).
+
+    Raises:
+        InputError: tensors whose shapes do not fit the head.
+    """
     from ..importers.fc_clip import read_checkpoint
 
     sd = read_checkpoint(path)
@@ -366,7 +437,9 @@ def build_net(model: str, pretrained: str, cfg: FCCLIPConfig, device: str) -> FC
 
 def prepare_batch(batch: list[dict[str, torch.Tensor]], device: torch.device, pad: int = 32
                   ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Normalise with CLIP's mean/std, pad to a multiple of ``pad`` (zeros), move targets."""
+    """Normalise with CLIP's mean/std, pad to a multiple of ``pad`` (zeros after normalisation,
+    detectron2 ``ImageList.from_tensors``), pad the target masks to the same size
+    (``FCCLIP.prepare_targets``)."""
     mean = torch.tensor(CLIP_PIXEL_MEAN, device=device).view(-1, 1, 1)
     std = torch.tensor(CLIP_PIXEL_STD, device=device).view(-1, 1, 1)
     h = max(int(b["image"].shape[1]) for b in batch)
@@ -383,10 +456,19 @@ def prepare_batch(batch: list[dict[str, torch.Tensor]], device: torch.device, pa
     return images, targets
 
 
+def point_generators(seed: int, positions: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by ``(seed, stream position)``."""
+    out = []
+    for p in positions:
+        s = np.random.SeedSequence([seed & 0xFFFFFFFF, int(p), 11]).generate_state(1)[0]
+        out.append(torch.Generator().manual_seed(int(s)))
+    return out
+
+
 def train_step(net: FCCLIPNet, criterion: SetCriterion, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                targets: list[dict[str, torch.Tensor]], text: torch.Tensor, num_synonyms: Sequence[int],
                clip_value: float = 0.01, amp: bool = False, scaler: Any = None) -> dict[str, float]:
-    """One optimisation step; returns the weighted losses and their ``total``."""
+    """One optimisation step on one process; returns the weighted losses and their ``total``."""
     net.train()
     with torch.autocast(device_type=images.device.type, enabled=amp):
         out = net(images, text, num_synonyms)
@@ -407,125 +489,135 @@ def train_step(net: FCCLIPNet, criterion: SetCriterion, optimizer: torch.optim.O
     return {"total": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: see ``--help``."""
-    p = argparse.ArgumentParser(prog="python -m ovss.training.fc_clip_train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", required=True, help="image folder (e.g. coco/train2017)")
-    p.add_argument("--panoptic-json", required=True, help="panoptic JSON (e.g. annotations/panoptic_train2017.json)")
-    p.add_argument("--panoptic-dir", required=True, help="panoptic PNG folder (e.g. panoptic_train2017)")
-    p.add_argument("--output", required=True, help="folder for checkpoints and the log")
-    p.add_argument("--model", default="convnext_large_d_320", help="open_clip CLIP name or config JSON")
-    p.add_argument("--pretrained", default="laion2b_s29b_b131k_ft_soup", help="open_clip tag or local weights")
-    p.add_argument("--config", help="official detectron2 YAML for the head sizes (default: the paper's)")
-    p.add_argument("--class-file", help="FC-CLIP-format class file for a non-COCO dataset")
-    p.add_argument("--init", help="initialise the head from an FC-CLIP checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    p.add_argument("--max-iter", type=int, default=368750)
-    p.add_argument("--steps", type=int, nargs="*", default=None, help="LR decay iterations (default 327778 355092, "
-                   "scaled with --max-iter)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--clip-grad", type=float, default=0.01)
-    p.add_argument("--image-size", type=int, default=1024)
-    p.add_argument("--num-points", type=int, default=12544)
-    p.add_argument("--checkpoint-period", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action="store_true", help="mixed precision (GPU; the paper's setting)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-period", type=int, default=20)
-    args = p.parse_args(argv)
-
-    from ..errors import OvssError
-
-    try:
-        return _train(args)
-    except OvssError as exc:
-        print(f"error: {exc}")
-        return 2
-
-
-def _train(args: argparse.Namespace) -> int:
-    from ..importers.d2config import load_config
-    from ..importers.fc_clip import config_from_d2
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    cfg = FCCLIPConfig()
-    if args.config:
-        sizes, _ = config_from_d2(load_config(args.config))
-        for k, v in sizes.items():
-            setattr(cfg, k, type(getattr(cfg, k))(v))
-    out_dir = Path(args.output)
-    last = out_dir / "last_checkpoint"
-    resume_path = out_dir / last.read_text().strip() if args.resume and last.is_file() else None
-    if resume_path is not None:
-        saved = torch.load(resume_path, map_location="cpu", weights_only=False)
-        cfg = FCCLIPConfig(**saved["fcclip_config"])
-    data = COCOPanopticDataset(args.images, args.panoptic_json, args.panoptic_dir, args.image_size)
-    vocab = dataset_vocabulary(data.categories, args.class_file)
-    cfg.num_train_classes = len(vocab)
-    net = build_net(args.model, args.pretrained, cfg, str(device))
-    if args.init:
-        load_trainable(net, args.init)
-    text = class_embeddings(net.backbone.clip, [w for qs in vocab.queries for w in qs], _vild()).to(device)
-    num_syn = [len(qs) for qs in vocab.queries]
-    matcher = HungarianMatcher(2.0, 5.0, 5.0, args.num_points)
-    criterion = SetCriterion(len(vocab), matcher, 0.1, (2.0, 5.0, 5.0), args.num_points).to(device)
-    optimizer = build_optimizer(net, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    start = 0
-    if resume_path is not None:
-        net.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith("criterion.")},
-                            strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        if scaler is not None and "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        start = int(saved["iteration"])
-        print(f"resumed from {resume_path} at iteration {start}")
-    steps = args.steps if args.steps is not None else [round(args.max_iter * 327778 / 368750),
-                                                       round(args.max_iter * 355092 / 368750)]
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, collate_fn=collate,
-                                         persistent_workers=args.workers > 0)
-    if len(loader) == 0:
-        raise DatasetError(f"{len(data)} images are fewer than one batch of {args.batch_size}")
-    log = (out_dir / "log.jsonl")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    it = start
-    t0 = time.time()
-    while it < args.max_iter:
-        for batch in loader:
-            if it >= args.max_iter:
-                break
-            f = lr_factor(it, steps)
-            for g in optimizer.param_groups:
-                g["lr"] = args.lr * f
-            images, targets = prepare_batch(batch, device)
-            losses = train_step(net, criterion, optimizer, images, targets, text, num_syn, args.clip_grad,
-                                amp=args.amp and device.type == "cuda", scaler=scaler)
-            it += 1
-            if not math.isfinite(losses["total"]):
-                raise FloatingPointError(f"loss became {losses['total']} at iteration {it}")
-            if it % args.log_period == 0 or it == args.max_iter:
-                rec = {"iteration": it, "lr": args.lr * f, "time": round(time.time() - t0, 2), **losses}
-                with log.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                print(f"iter {it}: loss {losses['total']:.4f}")
-            if it % args.checkpoint_period == 0 and it < args.max_iter:
-                save_checkpoint(out_dir / f"model_{it - 1:07d}.pth", net, criterion, optimizer, it, scaler=scaler)
-    save_checkpoint(out_dir / "model_final.pth", net, criterion, optimizer, it, scaler=scaler)
-    print(f"wrote {out_dir / 'model_final.pth'}")
-    return 0
-
-
-def _vild() -> tuple[str, ...]:
+def vild_templates() -> tuple[str, ...]:
     from ..methods.fc_clip import VILD_TEMPLATES
 
     return VILD_TEMPLATES
+
+
+# ---------------------------------------------------------------------------------------------
+# the task run by ovss.training.engine
+
+
+@dataclass
+class FCCLIPOptions:
+    """``ovss train fc_clip`` options (official values as defaults).
+
+    Attributes:
+        images, panoptic_json, panoptic_dir: the COCO-panoptic-format training set.
+        model, pretrained: open_clip CLIP (name + tag, or config JSON + local weights).
+        init_backbone: CLIP weights file overriding ``pretrained`` (``--init-backbone``).
+        config: official detectron2 YAML or dotted-key JSON of the head sizes.
+        classes: class file for a non-COCO dataset (one class per line, synonyms after commas).
+        init: FC-CLIP checkpoint to initialise the head from.
+        image_size, min_scale, max_scale: LSJ (``INPUT.IMAGE_SIZE / MIN_SCALE / MAX_SCALE``).
+        num_points, oversample_ratio, importance_sample_ratio: PointRend sampling.
+        lr, weight_decay, steps, warmup_iters: optimiser and ``WarmupMultiStepLR``.
+        device: "auto", "cpu", "cuda".
+        augment: LSJ on (off: fixed resize, for tests).
+    """
+
+    images: str
+    panoptic_json: str
+    panoptic_dir: str
+    model: str = "convnext_large_d_320"
+    pretrained: str = "laion2b_s29b_b131k_ft_soup"
+    init_backbone: str | None = None
+    config: str | None = None
+    classes: str | None = None
+    init: str | None = None
+    image_size: int = 1024
+    min_scale: float = 0.1
+    max_scale: float = 2.0
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    steps: tuple[int, ...] | None = None
+    warmup_iters: int = 10
+    max_iter: int = 368750
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = True
+
+
+class FCCLIPTask:
+    """FC-CLIP training for :func:`ovss.training.engine.train` (see the module docstring)."""
+
+    method = "fc_clip"
+
+    def __init__(self, opts: FCCLIPOptions, device: torch.device, resume_config: dict[str, Any] | None = None) -> None:
+        from ..importers.d2config import load_config
+        from ..importers.fc_clip import config_from_d2
+        from ..text import class_embeddings
+
+        self.opts, self.device = opts, device
+        cfg = FCCLIPConfig()
+        if resume_config:
+            cfg = FCCLIPConfig(**resume_config)
+        elif opts.config:
+            sizes, _ = config_from_d2(load_config(opts.config))
+            for k, v in sizes.items():
+                setattr(cfg, k, type(getattr(cfg, k))(v))
+        self.data = COCOPanopticDataset(opts.images, opts.panoptic_json, opts.panoptic_dir, opts.image_size,
+                                        opts.min_scale, opts.max_scale, augment=opts.augment, seed=opts.seed)
+        self.vocab = dataset_vocabulary(self.data.categories, opts.classes)
+        cfg.num_train_classes = len(self.vocab)
+        torch.manual_seed(opts.seed)
+        self.net = build_net(opts.model, opts.init_backbone or opts.pretrained, cfg, "cpu").to(device)
+        if opts.init:
+            load_trainable(self.net, opts.init)
+        self.module = self.net
+        words = [w for qs in self.vocab.queries for w in qs]
+        self.text = class_embeddings(self.net.backbone.clip, words, vild_templates()).to(device)
+        self.num_synonyms = [len(qs) for qs in self.vocab.queries]
+        self.criterion = SetCriterion(len(self.vocab), HungarianMatcher(2.0, 5.0, 5.0, opts.num_points), 0.1,
+                                      (2.0, 5.0, 5.0), opts.num_points, opts.oversample_ratio,
+                                      opts.importance_sample_ratio).to(device)
+
+    def dataset_size(self) -> int:
+        return len(self.data)
+
+    def load(self, position: int, index: int) -> dict[str, Any]:
+        item = self.data.load(index, sample_random(self.opts.seed, position))
+        item["position"] = position
+        return item
+
+    def num_targets(self, samples: list[dict[str, Any]]) -> int:
+        return sum(len(s["labels"]) for s in samples)
+
+    def losses(self, module: nn.Module, samples: list[dict[str, Any]], num_masks: float) -> dict[str, torch.Tensor]:
+        images, targets = prepare_batch(samples, self.device)
+        out = module(images, self.text, self.num_synonyms)
+        gens = point_generators(self.opts.seed, [s["position"] for s in samples])
+        return self.criterion(out, targets, num_masks, gens)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.net, self.opts.lr, self.opts.weight_decay)
+
+    def schedule(self) -> LRFactor:
+        m = self.opts.max_iter
+        steps = self.opts.steps if self.opts.steps is not None else (round(m * 327778 / 368750),
+                                                                     round(m * 355092 / 368750))
+        return LRFactor("multistep", m, steps, 0.1, self.opts.warmup_iters, 1.0)
+
+    def model_state(self) -> dict[str, Any]:
+        model = {k: v.detach().cpu() for k, v in self.net.head_state_dict().items()}
+        model["criterion.empty_weight"] = self.criterion.empty_weight.detach().cpu()
+        return {"model": model, "fcclip_config": asdict(self.net.cfg),
+                "class_names": [list(q) for q in self.vocab.queries]}
+
+    def load_model_state(self, obj: dict[str, Any]) -> None:
+        self.net.load_state_dict({k: v for k, v in obj["model"].items() if not k.startswith("criterion.")},
+                                 strict=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ovss.training.fc_clip_train ...`` = ``ovss train fc_clip ...``."""
+    from .cli import run_subcommand
+
+    return run_subcommand("fc_clip", list(argv) if argv is not None else None)
 
 
 if __name__ == "__main__":

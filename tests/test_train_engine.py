@@ -1,0 +1,311 @@
+"""``ovss train``: the engine (batch layout, sample stream, schedules), distributed equivalence on CPU
+(Gloo: 2 processes x batch 2 == 1 x 4 == 1 x 2 with 2 accumulation steps), kill-and-resume, checkpoints
+that load with ``weights_only=True`` and through ``ovss segment --checkpoint``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovss.training.engine import BatchLayout, EngineConfig, LRFactor, SampleStream, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ZS_ARCH = {
+    "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.STEM_OUT_CHANNELS": 8, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+    "MODEL.RESNETS.WIDTH_PER_GROUP": 4, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
+    "MODEL.SEM_SEG_HEAD.EMBED_HIDDEN_DIM": 64, "MODEL.MASK_FORMER.HIDDEN_DIM": 32, "MODEL.MASK_FORMER.NHEADS": 4,
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64, "MODEL.MASK_FORMER.DEC_LAYERS": 2,
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 6, "MODEL.MASK_FORMER.DROPOUT": 0.0,
+    "MODEL.CLIP_ADAPTER.PROMPT_SHAPE": [4, 0],
+}
+FC_TINY = {"MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
+           "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 1, "MODEL.MASK_FORMER.HIDDEN_DIM": 32,
+           "MODEL.MASK_FORMER.NHEADS": 4, "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 32,
+           "MODEL.MASK_FORMER.DEC_LAYERS": 2, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 5, "MODEL.FC_CLIP.EMBED_DIM": 32}
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@pytest.fixture(scope="module")
+def semantic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 images, each with the same number of seen classes (so the class CE, a weighted mean per
+    batch as in the official criterion, splits exactly over ranks)."""
+    root = tmp_path_factory.mktemp("sem")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        lab = np.full((40, 48), 255, np.uint8)
+        cut = 14 + 3 * i
+        lab[:cut] = 0
+        lab[cut:, :20 + 4 * i] = 2
+        lab[cut:, 20 + 4 * i:] = 3  # unseen -> ignore
+        img = (rng.random((40, 48, 3)) * 40).astype(np.uint8)
+        img[:cut] += 180
+        img[cut:, :20, 1] += 120
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(lab).save(root / "labels" / f"{i}.png")
+    (root / "classes.txt").write_text("person\nbicycle\ncar\ncow\n")
+    (root / "unseen.txt").write_text("cow\n")
+    (root / "arch.json").write_text(json.dumps(ZS_ARCH))
+    return root
+
+
+@pytest.fixture(scope="module")
+def panoptic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pan")
+    (root / "images").mkdir()
+    (root / "panoptic").mkdir()
+    rng = np.random.default_rng(1)
+    cats = [{"id": 1, "name": "cat", "isthing": 1}, {"id": 2, "name": "dog,puppy", "isthing": 1},
+            {"id": 5, "name": "grass", "isthing": 0}]
+    anns, imgs = [], []
+    for i in range(4):
+        img = (rng.random((32, 32, 3)) * 60).astype(np.uint8)
+        img[..., 1] += 100
+        ids = np.full((32, 32), 3, np.int64)
+        y, x = rng.integers(0, 16, 2)
+        img[y:y + 12, x:x + 12] = (200, 50, 50)
+        ids[y:y + 12, x:x + 12] = 7
+        ids[:2, :2] = 11  # crowd: dropped
+        png = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i:04d}.png")
+        Image.fromarray(png).save(root / "panoptic" / f"{i:04d}.png")
+        segs = [{"id": 3, "category_id": 5, "iscrowd": 0}, {"id": 7, "category_id": 1 + i % 2, "iscrowd": 0},
+                {"id": 11, "category_id": 1, "iscrowd": 1}]
+        anns.append({"image_id": i, "file_name": f"{i:04d}.png", "segments_info": segs})
+        imgs.append({"id": i, "file_name": f"{i:04d}.png", "height": 32, "width": 32})
+    (root / "panoptic.json").write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    (root / "tiny.json").write_text(json.dumps(FC_TINY))
+    return root
+
+
+def _zsseg_args(data: Path, out: Path, parity: Path, *extra: str) -> list[str]:
+    return ["zsseg", "--images", str(data / "images"), "--labels", str(data / "labels"), "--classes",
+            str(data / "classes.txt"), "--unseen", str(data / "unseen.txt"), "--output", str(out), "--model",
+            str(parity / "tiny_clip_b16.json"), "--pretrained", str(parity / "tiny_clip_b16.safetensors"),
+            "--config", str(data / "arch.json"), "--crop-size", "32", "--min-sizes", "32", "--min-sizes", "40",
+            "--workers", "0", "--log-period", "1", "--device", "cpu", "--no-progress", "--lr", "3e-4", *extra]
+
+
+def _fc_args(data: Path, out: Path, parity: Path, *extra: str) -> list[str]:
+    d = parity / "fc_clip"
+    return ["fc_clip", "--images", str(data / "images"), "--panoptic-json", str(data / "panoptic.json"),
+            "--panoptic-dir", str(data / "panoptic"), "--output", str(out), "--model", str(d / "convnext_fcclip_tiny.json"),
+            "--pretrained", str(d / "tiny_convnext_clip.safetensors"), "--config", str(data / "tiny.json"),
+            "--image-size", "32", "--num-points", "64", "--workers", "0", "--log-period", "1", "--device", "cpu",
+            "--no-progress", *extra]
+
+
+def _torchrun(args: list[str], nproc: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(29500 + os.getpid() % 1000), "-m", "ovss", "train", *args]
+    e = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _assert_same_losses(log: list[dict], ref: list[dict], first: float = 1e-5) -> None:
+    """Every loss term and the gradient norm of step 1 within ``first`` relative; later steps start from
+    weights that carry Adam's rounding amplification (see :func:`_assert_same_weights`): 1e-3."""
+    assert [r["iteration"] for r in log] == [r["iteration"] for r in ref]
+    for step, (a, b) in enumerate(zip(ref, log)):
+        rel = first if step == 0 else 1e-3
+        for key in a:
+            if key.startswith("loss_") or key in ("total_loss", "grad_norm"):
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-6), (step, key, a[key], b[key])
+
+
+def _assert_same_weights(w: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], lr: float, steps: int,
+                         share: float = 0.005) -> None:
+    """Updated weights equal to float tolerance. Adam divides each gradient element by its own magnitude,
+    so an element whose gradient is the float-rounding residue of cancelling terms (it differs with the
+    summation order of 1 process vs an all-reduce) moves by up to lr per step either way: such elements
+    may differ by at most 2 lr per step and must stay rare (``share`` of the weights)."""
+    assert w.keys() == ref.keys()
+    total = bad = 0
+    for key, v in ref.items():
+        if not v.is_floating_point():
+            continue
+        diff = (w[key].double() - v.double()).abs()
+        off = diff > 1e-6 + 1e-5 * v.double().abs()
+        assert float(diff.max()) <= 2 * lr * steps + 1e-6, (key, float(diff.max()))
+        total += v.numel()
+        bad += int(off.sum())
+    assert bad <= share * total, (bad, total)
+
+
+def _run(args: list[str]) -> int:
+    from ovss.training.cli import run_subcommand
+
+    return run_subcommand(args[0], args[1:])
+
+
+# ------------------------------------------------------------------------------- engine parts
+
+
+def test_batch_layout_splits_the_global_batch_the_same_way() -> None:
+    one = BatchLayout(4, 1, 1).positions(3, 0, 0)
+    two = BatchLayout(4, 2, 1).positions(3, 0, 0) + BatchLayout(4, 2, 1).positions(3, 0, 1)
+    acc = BatchLayout(4, 1, 2).positions(3, 0, 0) + BatchLayout(4, 1, 2).positions(3, 1, 0)
+    assert one == two == acc == [12, 13, 14, 15]
+    assert BatchLayout(4, 2, 1).per_rank == 2
+    from ovss.errors import InputError
+
+    with pytest.raises(InputError, match="not divisible"):
+        BatchLayout(6, 4, 1)
+
+
+def test_sample_stream_reshuffles_each_epoch_from_the_seed() -> None:
+    s = SampleStream(5, seed=3)
+    e0 = [s.index(p) for p in range(5)]
+    e1 = [s.index(p) for p in range(5, 10)]
+    assert sorted(e0) == sorted(e1) == list(range(5)) and e0 != e1
+    assert [SampleStream(5, seed=3).index(p) for p in range(5, 10)] == e1  # a function of (seed, position)
+    assert [SampleStream(5, seed=4).index(p) for p in range(5)] != e0
+
+
+def test_lr_schedules_follow_detectron2() -> None:
+    m = LRFactor("multistep", 100, steps=(60, 80), warmup_iters=10, warmup_factor=0.001)
+    assert m(0) == pytest.approx(0.001) and m(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert m(10) == 1.0 and m(60) == pytest.approx(0.1) and m(80) == pytest.approx(0.01)
+    p = LRFactor("poly", 100)
+    assert p(0) == 1.0 and p(50) == pytest.approx(0.5 ** 0.9) and p(100) == 0.0
+    c = LRFactor("cosine", 100, warmup_iters=10, warmup_factor=0.005, warmup_method="constant")
+    assert c(3) == pytest.approx(0.005 * 0.5 * (1 + math.cos(math.pi * 3 / 100)))
+    assert c(50) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ distributed equivalence
+
+
+def _zsseg_task(data: Path, parity: Path, out: Path):
+    from ovss.training.maskformer_train import ProposalTrainer, TrainConfig
+
+    cfg = TrainConfig(method="zsseg", images=str(data / "images"), labels=str(data / "labels"), out=str(out),
+                      class_names=["person", "bicycle", "car", "cow"], unseen=["cow"], arch=dict(ZS_ARCH),
+                      clip_model=str(parity / "tiny_clip_b16.json"),
+                      clip_pretrained=str(parity / "tiny_clip_b16.safetensors"), max_iter=2, lr=3e-4, crop_size=32,
+                      min_sizes=[32, 40], seed=0)
+    return ProposalTrainer(cfg)
+
+
+def test_zsseg_two_ranks_equal_one_rank_and_accumulation(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, acc in (("b4", 1), ("b2x2", 2)):
+        out = tmp_path / name
+        task = _zsseg_task(semantic_data, parity_dir, out)
+        train(task, EngineConfig(output=str(out), max_iter=2, batch_size=4, accumulation=acc, log_period=1,
+                                 progress=False, checkpoint_period=0))
+        runs[name] = out
+    res = _torchrun(_zsseg_args(semantic_data, tmp_path / "ddp", parity_dir, "--max-iter", "2", "--batch-size", "4"), 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs["ddp"] = tmp_path / "ddp"
+    logs = {k: _log(v) for k, v in runs.items()}
+    for k in ("b2x2", "ddp"):
+        _assert_same_losses(logs[k], logs["b4"])
+    ref = _weights(runs["b4"] / "model_final.pth")
+    for k in ("b2x2", "ddp"):
+        _assert_same_weights(_weights(runs[k] / "model_final.pth"), ref, 3e-4, 2)
+    init = _zsseg_task(semantic_data, parity_dir, tmp_path / "init").model_state()["model"]
+    moved = sum(not torch.equal(init[key], v) for key, v in ref.items() if key in init)
+    assert moved > 10  # the steps changed the weights (so the comparison above means something)
+
+
+def test_fc_clip_two_ranks_equal_one_rank_and_accumulation(panoptic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
+    for name, extra in (("b4", ["--batch-size", "4"]), ("acc", ["--batch-size", "4", "--accumulation", "2"])):
+        assert _run(_fc_args(panoptic_data, tmp_path / name, parity_dir, "--max-iter", "2", *extra)) == 0
+    res = _torchrun(_fc_args(panoptic_data, tmp_path / "ddp", parity_dir, "--max-iter", "2", "--batch-size", "4"), 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref_log, ref = _log(tmp_path / "b4"), _weights(tmp_path / "b4" / "model_final.pth")
+    for k in ("acc", "ddp"):
+        # 1e-4: oneDNN picks other conv kernels for batch 2 and 4 (~1e-7 relative on the features),
+        # which FC-CLIP's logit scale (up to 100) lifts to ~4e-5 on the class CE
+        _assert_same_losses(_log(tmp_path / k), ref_log, first=1e-4)
+        # the 0.01 full-model clip scales FC-CLIP's gradients (norm ~100) by 1e-4, which puts many
+        # elements near Adam's eps (1e-8), where the update follows rounding: measured 1.2 %
+        _assert_same_weights(_weights(tmp_path / k / "model_final.pth"), ref, 1e-4, 2, share=0.02)
+
+
+# ------------------------------------------------------------------------- resume, checkpoints
+
+
+def test_killed_run_resumes_to_the_same_losses(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
+    base = ["--max-iter", "4", "--batch-size", "2", "--checkpoint-period", "2"]
+    # every run in the same kind of process (1 OpenMP thread): bitwise comparisons need the same kernels
+    assert _torchrun(_zsseg_args(semantic_data, tmp_path / "straight", parity_dir, *base), 1).returncode == 0
+    killed = _torchrun(_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base), 1,
+                       env={"OVSS_TRAIN_KILL_AT": "3"})
+    assert killed.returncode != 0  # SIGKILLed after iteration 3, whose checkpoint was never written
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert [r["iteration"] for r in _log(tmp_path / "killed")] == [1, 2, 3]
+    resumed = _torchrun(_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base, "--resume"), 1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _log(tmp_path / "straight"), _log(tmp_path / "killed")
+    assert [r["iteration"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "images_per_s"} == {k: v for k, v in rb.items() if k != "images_per_s"}
+    wa, wb = _weights(tmp_path / "straight" / "model_final.pth"), _weights(tmp_path / "killed" / "model_final.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_load_safely_and_through_ovss_segment(semantic_data: Path, panoptic_data: Path, parity_dir: Path,
+                                                          tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ovss.cli import app
+
+    assert _run(_zsseg_args(semantic_data, tmp_path / "zs", parity_dir, "--max-iter", "1", "--batch-size", "2")) == 0
+    ck = torch.load(tmp_path / "zs" / "model_final.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "iteration", "trainer", "rng", "ovss_config"} <= set(ck)
+    assert ck["iteration"] == 1 and ck["trainer"]["stream_position"] == 2
+    runner = CliRunner()
+    res = runner.invoke(app, ["segment", str(semantic_data / "images" / "0.png"), "--method", "zsseg", "--classes",
+                              "person, car, cow", "--model", str(parity_dir / "tiny_clip_b16.json"), "--pretrained",
+                              str(parity_dir / "tiny_clip_b16.safetensors"), "--checkpoint",
+                              str(tmp_path / "zs" / "model_final.pth"), "--short-side", "40", "-o", str(tmp_path / "seg")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "seg" / "0_labels.png").is_file()
+
+    assert _run(_fc_args(panoptic_data, tmp_path / "fc", parity_dir, "--max-iter", "1", "--batch-size", "2")) == 0
+    d = parity_dir / "fc_clip"
+    res = runner.invoke(app, ["segment", str(panoptic_data / "images" / "0000.png"), "--method", "fc_clip",
+                              "--classes", "cat, dog, grass", "--model", str(d / "convnext_fcclip_tiny.json"),
+                              "--pretrained", str(d / "tiny_convnext_clip.safetensors"), "--checkpoint",
+                              str(tmp_path / "fc" / "model_final.pth"), "-o", str(tmp_path / "seg2")])
+    assert res.exit_code == 0, res.output
+    saved = _weights(tmp_path / "fc" / "model_final.pth")
+    assert "sem_seg_head.predictor.query_feat.weight" in saved and "criterion.empty_weight" in saved
+
+
+def test_train_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ovss.cli import app
+
+    res = CliRunner().invoke(app, ["train", "fc_clip", "--images", str(tmp_path), "--panoptic-json",
+                                   str(tmp_path / "none.json"), "--panoptic-dir", str(tmp_path), "--output",
+                                   str(tmp_path / "o"), "--device", "cpu"])
+    assert res.exit_code == 2 and "panoptic JSON not found" in res.output
+    res = CliRunner().invoke(app, ["train", "zsseg", "--images", str(tmp_path / "none"), "--labels", str(tmp_path),
+                                   "--output", str(tmp_path / "o"), "--device", "cpu", "--batch-size", "3",
+                                   "--accumulation", "2"])
+    assert res.exit_code == 2 and "error" in res.output
