@@ -116,7 +116,7 @@ def measure(model: str, dataset: str, classes: int | None, device: str, repeats:
     t = time.perf_counter()
     seg = ovss.create_segmenter("cat_seg", dataset=dataset, device=device, use_cache=False, **kw)
     construct = time.perf_counter() - t
-    vocab = dataset_vocabulary(dataset)[0]
+    vocab = dataset_vocabulary(dataset)
     chosen = None if classes is None else list(vocab.names[:classes])
     photo = np.ascontiguousarray(data.astronaut())  # 512 x 512
 

@@ -56,32 +56,24 @@ PROTOCOL_CASES = [("ade150", "ade20k"), ("pc59", "context59")]
 
 
 @pytest.fixture(scope="module", params=PROTOCOL_CASES, ids=[c[0] for c in PROTOCOL_CASES])
-def case(request, files, cs_dir):
-    """One ``predict`` of the official photo with the protocol's classes, its intermediates caught
-    on the way (``run``), the fixture arrays and diagnostics."""
+def case(request, files, cs_dir, parity_dir):
+    """The official photo with the protocol's classes through ``Segmenter.run`` (scores, labels and
+    every intermediate of one pass), the fixture arrays and diagnostics."""
     import ovss
 
     name, dataset = request.param
     s = ovss.create_segmenter("cat_seg", dataset=dataset, **files)
-    caught: dict = {}
-    run = s.run
-
-    def spy(*args, **kwargs):
-        caught.update(run(*args, **{**kwargs, "intermediates": True}))
-        return caught
-
-    s.run = spy
-    result = s.predict(str(cs_dir.parent / "astronaut.png"))
+    out = s.run(str(parity_dir / "astronaut.png"))
     with np.load(cs_dir / f"catseg_{name}_astronaut.npz") as z:
         ref = {k: z[k] for k in z.files}
     man = json.loads((cs_dir / "manifest.json").read_text())
-    return s, caught, result, ref, man["files"][f"catseg_{name}_astronaut.npz"]["diagnostics"]
+    return s, out, ref, man["files"][f"catseg_{name}_astronaut.npz"]["diagnostics"]
 
 
 def test_input_and_text_match(case, parity_dir):
     from ovss.imageio import d2_resize, read_image_d2
 
-    _, out, _, ref, _ = case
+    _, out, ref, _ = case
     img = read_image_d2(str(parity_dir / "astronaut.png"))
     assert np.array_equal(d2_resize(img, 640, 2560).transpose(2, 0, 1), ref["image_uint8"])  # Pillow, bitwise
     g = ref["grid384_coords"]
@@ -90,7 +82,7 @@ def test_input_and_text_match(case, parity_dir):
 
 
 def test_clip_and_cost_volume_match(case):
-    _, out, _, ref, _ = case
+    _, out, ref, _ = case
     assert _abs(out["clip_dense"][[0, 4]], ref["clip_dense_views04"]) <= 1e-5
     assert _abs(out["clip_blocks"][0][0], ref["clip_block3_view0"]) <= 1e-5
     assert _abs(out["clip_blocks"][1][0], ref["clip_block7_view0"]) <= 1e-5
@@ -101,7 +93,7 @@ def test_clip_and_cost_volume_match(case):
 
 
 def test_guidance_matches(case):
-    _, out, _, ref, _ = case
+    _, out, ref, _ = case
     g48, g96 = ref["grid48_coords"], ref["grid96_coords"]
     assert _abs(out["appearance_guidance"], ref["appearance_guidance"]) <= 1e-5
     assert _abs(out["text_guidance"][0], ref["text_guidance"]) <= 1e-5
@@ -111,7 +103,7 @@ def test_guidance_matches(case):
 
 def test_aggregation_and_decoder_match(case):
     # values reach ~20: relative to the array's max |value| (fixture README: <= 1e-4)
-    _, out, _, ref, _ = case
+    _, out, ref, _ = case
     dc = ref["detail_classes"]
     assert _abs(out["corr_embed"][0][:, dc], ref["corr_embed_view0"]) <= 1e-5
     for i in range(2):
@@ -125,18 +117,18 @@ def test_aggregation_and_decoder_match(case):
 
 def test_scores_and_labels_match(case):
     # the fixture README's bound is 1e-5 (observed 9.8e-6 here): twice that for other CPUs' SIMD rounding
-    s, out, result, ref, diag = case
+    s, out, ref, diag = case
     g = ref["grid640_coords"]
     assert _abs(out["scores640"][:, g[:, 0], g[:, 1]], ref["scores640_samples"]) <= 2e-5
     c = ref["coords"]
     assert _abs(out["sem_seg"][:, c[:, 0], c[:, 1]], ref["sem_seg"]) <= 2e-5
-    assert torch.equal(result.logits, out["sem_seg"].cpu())  # one word per class: the scores themselves
-    labels = _np(result.labels)
+    assert torch.equal(out["scores"], out["sem_seg"].cpu())  # one word per class: the scores themselves
+    labels = _np(out["labels"])
     wrong = labels != ref["pred"]
     assert wrong.sum() <= diag["top2_gap_lt"]["1e-06"]  # near ties only
-    top2 = np.sort(_np(result.logits)[:, wrong], axis=0)[-2:]
+    top2 = np.sort(_np(out["scores"])[:, wrong], axis=0)[-2:]
     assert (top2[1] - top2[0] < 1e-5).all()
-    assert result.logits.shape == (len(result.classes), 512, 512) and result.classes[0] == \
+    assert out["scores"].shape == (len(out["classes"]), 512, 512) and out["classes"][0] == \
         ("wall" if s.dataset == "ade20k" else "aeroplane")
 
 
@@ -223,37 +215,38 @@ def test_other_photo_classes_background_threshold_and_permutation(seg):
 
     photo = data.coffee()  # 400 x 600
     plain = seg.predict(photo, "wall, floor, cup, table")
-    assert plain.logits.shape == (4, 400, 600) and plain.logits.dtype == torch.float32
+    assert plain.scores.shape == (4, 400, 600) and plain.scores.dtype == torch.float32
     assert plain.labels.shape == (400, 600) and int(plain.labels.max()) <= 3
-    assert 0 < float(plain.logits.min()) and float(plain.logits.max()) < 1
+    assert 0 < float(plain.scores.min()) and float(plain.scores.max()) < 1
     # classes a few at a time (the default, bounded memory) or all at once: the same values
     seg.net.transformer.class_chunk = 0
     try:
         whole = seg.predict(photo, "wall, floor, cup, table")
     finally:
         seg.net.transformer.class_chunk = 16
-    assert (whole.logits - plain.logits).abs().max() <= 1e-6
+    assert (whole.scores - plain.scores).abs().max() <= 1e-6
     # permuting the classes permutes the channels (the class attention is order-free)
     perm = seg.predict(photo, "table, wall, cup, floor")
-    assert (plain.logits[[3, 0, 2, 1]] - perm.logits).abs().max() <= 1e-5
+    assert (plain.scores[[3, 0, 2, 1]] - perm.scores).abs().max() <= 1e-5
     # a background scores the maximum over its words, each a class of the cost volume (VOC-20b's rule);
     # here the network sees the same four words in the same order
     res = seg.predict(photo, "cup, table", background="wall, floor", prob_threshold=0.6)
-    assert res.classes == ["background", "cup", "table"] and res.background == 0
-    assert torch.equal(res.logits[0], plain.logits[:2].max(0).values) and torch.equal(res.logits[1:], plain.logits[2:])
-    assert (res.labels[res.logits.max(0).values < 0.6] == 0).all()
+    assert res.classes == ["background", "cup", "table"] and res.background == 0 and res.score_kind == "sigmoid"
+    assert torch.equal(res.scores[0], plain.scores[:2].max(0).values) and torch.equal(res.scores[1:], plain.scores[2:])
+    assert (res.labels[res.scores.max(0).values < 0.6] == 0).all()
     assert res.settings["method"] == "cat_seg" and res.settings["sliding_window"] is True
-    with pytest.raises(InputError, match="background"):
-        seg.predict(photo, "cup", prob_threshold=0.5)
+    assert res.settings["prob_threshold"] == 0.6
 
 
 def test_whole_image_path_runs(files):
     import ovss
     from skimage import data
 
+    from ovss.methods.cat_seg import word_plan
+
     s = ovss.create_segmenter("cat_seg", sliding_window=False, **files)
     photo = data.chelsea()  # 300 x 451
-    out = s.run(photo, (300, 451), s.vocabulary("cat, grass")[1])
+    out = s.run_resized(photo, (300, 451), word_plan(s.vocabulary("cat, grass")))
     assert out["views"].shape == (1, 3, 384, 384) and out["logits"].shape == (1, 2, 96, 96)
     assert out["sem_seg"].shape == (2, 300, 451) and s.settings()["sliding_window"] is False
     # cat_seg_model.py:141-146: zero padding (after normalisation) to a multiple of 32, squashed to 384
@@ -300,10 +293,10 @@ def test_vit_l_layout_runs(cs_dir, tmp_path):
     s = ovss.create_segmenter("cat_seg", model=str(tmp_path / "tiny_l14.json"),
                               checkpoint=str(tmp_path / "l14.safetensors"), config=str(tmp_path / "l14.json"))
     assert s.net.clip_resolution == 336 and s.net.hook_layers == (7, 15)
-    out = s.run(np.zeros((64, 80, 3), np.uint8), (64, 80), s.vocabulary("cat, dog")[1])
+    out = s.run(np.zeros((64, 80, 3), np.uint8), "cat, dog")
     assert out["views"].shape == (5, 3, 336, 336) and out["clip_dense"].shape == (5, 577, 64)
     assert out["res4"].shape == (5, 256, 48, 48) and out["logits"].shape == (5, 2, 96, 96)
-    assert out["sem_seg"].shape == (2, 64, 80) and bool(torch.isfinite(out["sem_seg"]).all())
+    assert out["scores"].shape == (2, 64, 80) and bool(torch.isfinite(out["scores"]).all())
 
 
 # ---------------------------------------------------------------------- importer
@@ -388,34 +381,43 @@ def test_errors(files, cs_dir, parity_dir, tmp_path):
 def test_protocols_and_class_files():
     from importlib import resources
 
-    from ovss.methods.cat_seg import PROTOCOLS, dataset_vocabulary, resolve_dataset
+    from ovss.methods.cat_seg import CATSEG_PROTOCOLS, dataset_vocabulary, word_plan
     from ovss.registry import method_class
 
     truth = json.loads((resources.files("ovss") / "data" / "dataset_classes.json").read_text())
-    assert set(method_class("cat_seg").datasets()) == set(PROTOCOLS)
-    for name, proto in PROTOCOLS.items():
-        vocab, plan = dataset_vocabulary(name)
-        assert len(vocab) == len(truth[name]), name
+    assert set(method_class("cat_seg").datasets()) == set(CATSEG_PROTOCOLS)
+    for name in CATSEG_PROTOCOLS:
+        proto = CATSEG_PROTOCOLS.get(name)
+        vocab = dataset_vocabulary(name)
+        plan = word_plan(vocab)
+        assert vocab.official and len(vocab) == len(truth[name]), name
         norm = [re.sub(r"[^a-z]", "", n.lower()) for n in vocab.names]
         same = sum(a == re.sub(r"[^a-z]", "", b.lower()) or a[:4] == re.sub(r"[^a-z]", "", b.lower())[:4]
                    for a, b in zip(norm, truth[name]))
         assert same >= 0.9 * len(vocab), name  # the label order of the benchmark
         assert proto.short_side == 640 and proto.max_long_side == 2560 and proto.sliding_window
-        assert proto.pooling_size == (1, 1) and "eval.sh" in proto.source or name == "coco_stuff"
+        assert proto.pooling_size == (1, 1) and ("eval.sh" in proto.source or name == "coco_stuff")
         assert len(plan.words) == len(plan.word_class) and set(plan.word_class) == set(range(len(vocab)))
-    vocab, plan = dataset_vocabulary("voc20b")
+    vocab = dataset_vocabulary("voc20b")
+    plan = word_plan(vocab)
     assert vocab.names[0] == "background" and vocab.background == 0 and len(vocab.queries[0]) == 39
+    # the network sees the official file's order: the 20 VOC classes, then the 39 background words
     assert plan.words[:2] == ("aeroplane", "bicycle") and plan.word_class[:2] == (1, 2) and plan.word_class[-1] == 0
-    vocab, plan = dataset_vocabulary("a-847")
+    assert plan.words[20] == "bag"
+    assert word_plan(vocab.with_background(["sky"])).words[0] == "sky"  # a user's list: class order
+    vocab = dataset_vocabulary("a-847")
+    plan = word_plan(vocab)
     assert vocab.names[1] == "building, edifice" and plan.words[1] == "building"  # cat_seg_predictor.py:194-196
     assert plan.words.count("bag") == 3  # three ADE-847 classes prompt the same word, as officially
-    assert dataset_vocabulary("ade150")[1].words[7] == "bed "  # kept as in the file; CLIP's BPE strips it
-    assert resolve_dataset("PC-459") == "context459"
+    assert word_plan(dataset_vocabulary("ade150")).words[7] == "bed "  # as in the file; CLIP's BPE strips it
+    assert CATSEG_PROTOCOLS.resolve("PC-459") == "context459" and CATSEG_PROTOCOLS.resolve("voc20b") == "voc21"
 
 
 def test_official_json_class_file_as_classes(seg, cs_dir):
-    vocab, plan = seg.vocabulary(str(cs_dir / "classnames" / "pc59.json"))
-    assert len(vocab) == 59 and plan.words[0] == "aeroplane"
+    from ovss.methods.cat_seg import word_plan
+
+    vocab = seg.vocabulary(str(cs_dir / "classnames" / "pc59.json"))
+    assert len(vocab) == 59 and word_plan(vocab).words[0] == "aeroplane"
     with pytest.raises(InputError, match="class file not found"):
         seg.vocabulary(str(cs_dir / "missing.json"))
 
@@ -464,5 +466,5 @@ def test_eval_from_the_command_line(files, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "res" / "ade20k_cat_seg.json").read_text())
     assert report["config"]["settings"]["dataset"] == "ade20k"
-    assert report["config"]["settings"]["protocol"]["class_file"] == "ade150.json"
+    assert report["config"]["settings"]["protocol"]["class_file"] == "cat_seg/ade150.json"
     assert 0 <= report["metrics"]["mIoU"] <= 100

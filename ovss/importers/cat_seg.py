@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -97,33 +97,21 @@ _RELEASED_BY_WIDTH = {768: "vitb_384", 1024: "vitl_336"}
 
 # --------------------------------------------------------------------------- reading
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a CAT-Seg checkpoint safely: safetensors, or a torch pickle loaded with
-    ``weights_only=True`` (the state dict under ``"model"`` as detectron2 writes it, or at the top).
+    """Read a CAT-Seg checkpoint without executing anything from it (:func:`ovss.checkpoints.load_checkpoint`:
+    safetensors, or ``torch.load(weights_only=True)`` with an allow-list; the state dict under
+    ``"model"`` as detectron2 writes it, or at the top).
 
     Raises:
-        ModelLoadError: missing or unreadable file, or not a CAT-Seg checkpoint (the message says
-            what it looks like instead).
+        ModelLoadError: missing, unreadable or unsafe file, or not a CAT-Seg checkpoint (the
+            message says what it looks like instead).
     """
+    from ..checkpoints import load_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"CAT-Seg checkpoint not found: {path} (download model_base.pth / model_large.pth, "
-                             "see docs/cat_seg.md)")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(str(path))
-        else:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelLoadError(f"cannot read checkpoint {path} safely ({exc.__class__.__name__}: {first[:200]}): "
-                             "pass the official .pth or a .safetensors copy of its state dict") from None
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
-    sd = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+                             "or pass checkpoint=\"catseg_vitb\"; see docs/cat_seg.md)")
+    sd = dict(load_checkpoint(path).tensors)
     missing = [k for k in _SIGNATURE if k not in sd]
     if missing:
         raise ModelLoadError(f"{path} is not a CAT-Seg checkpoint ({_describe(sd)}; it lacks {missing[0]}): pass "
@@ -360,7 +348,8 @@ def _official(key: str) -> str:
 
 
 def build_catseg(sd: dict[str, torch.Tensor], clip: torch.nn.Module, arch: CATSegConfig, settings: CATSegSettings,
-                 name: str, *, pooling_size: tuple[int, int] = (1, 1)) -> CATSegNet:
+                 name: str, *, pooling_size: tuple[int, int] = (1, 1),
+                 clip_fallback: Callable[[], dict[str, torch.Tensor]] | None = None) -> CATSegNet:
     """Build the network around ``clip`` and load the checkpoint (its CLIP tensors replace ``clip``'s).
 
     Args:
@@ -369,6 +358,9 @@ def build_catseg(sd: dict[str, torch.Tensor], clip: torch.nn.Module, arch: CATSe
         arch, settings: from :func:`resolve_config`.
         name: the checkpoint's name for messages.
         pooling_size: class-aggregation pooling (the official ``eval.sh``: (1, 1)).
+        clip_fallback: called only when the checkpoint lacks CLIP tensors: an open_clip state dict
+            of pretrained CLIP weights that supplies them (the official code loads OpenAI's CLIP,
+            then the checkpoint over it, non-strictly). The released checkpoints hold all of CLIP.
 
     Returns:
         The network, float32, eval mode, without gradients.
@@ -384,6 +376,10 @@ def build_catseg(sd: dict[str, torch.Tensor], clip: torch.nn.Module, arch: CATSe
     for k in list(load):  # the parameter-free CLIP entries open_clip does not keep
         if k.startswith("clip.") and k not in own and k.endswith(("input_resolution", "context_length", "vocab_size")):
             del load[k]
+    absent = [k for k in own if k.startswith("clip.") and k not in load]
+    if absent and clip_fallback is not None:
+        pretrained = clip_fallback()
+        load.update({k: pretrained[k[len("clip."):]].float() for k in absent if k[len("clip."):] in pretrained})
     load_checkpoint_into(net, load, name)
     net.eval()
     for p in net.parameters():
