@@ -31,7 +31,6 @@ from ..importers.cat_seg import (CLIP_VARIANTS, build_catseg, clip_shape, clip_v
                                  resolve_config)
 from ..models.cat_seg import (CATSegNet, merge_sliding_window, postprocess, sliding_window_scores,
                               sliding_window_views)
-from ..options import PositiveInt
 from ..protocols import Protocol, ProtocolTable
 from ..segmenter import Capabilities, Segmentation, Segmenter
 from ..text import class_embeddings
@@ -217,7 +216,7 @@ class CATSeg(Segmenter):
 
     def __init__(self, model: str | None = None, pretrained: str | None = None, *,
                  checkpoint: str | Path | None = None, config: str | Path | None = None, sliding_window: bool = True,
-                 pooling_size: tuple[PositiveInt, ...] | None = None, use_cache: bool = True,
+                 pooling_size: tuple[int, ...] | None = None, use_cache: bool = True,
                  **common: Any) -> None:
         super().__init__(**common)
         if checkpoint is None:
@@ -288,7 +287,7 @@ class CATSeg(Segmenter):
         vals = list(pooling_size)
         if len(vals) == 1:
             vals = vals * 2
-        if len(vals) != 2:
+        if len(vals) != 2 or any(v < 1 for v in vals):
             raise InputError(f"pooling_size takes one or two positive integers, got {pooling_size!r}")
         return int(vals[0]), int(vals[1])
 
