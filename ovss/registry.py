@@ -46,6 +46,7 @@ _add("clip_diy", "clip_diy", "CLIPDIY", "Wysoczanska et al., WACV 2024 (CLIP-DIY
 _add("pnp_ovss", "pnp_ovss", "PnPOVSS", "Luo et al., CVPR 2024 (PnP-OVSS)", "BLIP cross-attention GradCAM + Salience DropOut")
 _add("zsseg", "zsseg", "ZSSeg", "Xu et al., ECCV 2022 (ZSSeg / SimSeg)", "MaskFormer proposals classified by CLIP crops")
 _add("zegformer", "zegformer", "ZegFormer", "Ding et al., CVPR 2022 (ZegFormer)", "decoupled zero-shot segmentation: segment groups + CLIP")
+_add("cat_seg", "cat_seg", "CATSeg", "Cho et al., CVPR 2024 (CAT-Seg)", "cost volume of CLIP features, spatial + class aggregation")
 
 
 def available_methods() -> list[str]:
