@@ -74,11 +74,18 @@ class FCCLIPProtocol(Protocol):
 
 def _row(dataset: str, class_file: str, short_side: int = 800, max_long_side: int = 1333, panoptic: bool = False,
          things: tuple[int, ...] = (), drop_first: bool = False) -> FCCLIPProtocol:
+    config = _EVAL_CONFIGS.get(dataset)
+    where = (f"configs/coco/panoptic-segmentation/fcclip/fcclip_convnext_large_eval_{config}.yaml" if config
+             else "no official eval config: the ADE20K one's settings")
     return FCCLIPProtocol(dataset=dataset, short_side=short_side, max_long_side=max_long_side,
                           class_file=f"fc_clip/{class_file}", panoptic_protocol=panoptic, things=things,
                           drop_first=drop_first,
-                          source=f"bytedance/fc-clip fcclip_convnext_large_eval_{dataset}.yaml settings "
-                                 "(README: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, TEST.*_ON) and openseg_classes.py")
+                          source=f"bytedance/fc-clip {where} (2b0bbe2); classes: fcclip/data/datasets/openseg_classes.py")
+
+
+#: the official eval config of each protocol (``configs/coco/panoptic-segmentation/fcclip/``)
+_EVAL_CONFIGS = {"ade20k": "ade20k", "ade847": "a847", "context59": "pc59", "context459": "pc459", "voc20": "pas20",
+                 "voc21": "pas21", "cityscapes": "cityscapes", "mapillary": "mapillary_vistas", "coco_panoptic": "coco"}
 
 
 FCCLIP_PROTOCOLS = ProtocolTable("fc_clip", {
