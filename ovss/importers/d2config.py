@@ -63,7 +63,7 @@ def load_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, An
     if any("." in k for k in data):
         data = _merge(nest_keys({k: v for k, v in data.items() if "." in k}),
                       {k: v for k, v in data.items() if "." not in k})
-    _check_sizes(path, data)
+    check_sizes(path, data)
     base = data.pop("_BASE_", None)
     if base:
         data = _merge(load_config(path.parent / base, (*_chain, path.resolve())), data)
@@ -75,13 +75,18 @@ SIZE_KEYS = ("DIM", "CHANNELS", "LAYERS", "NHEADS", "NUM_HEADS", "QUERIES", "NUM
              "DEPTH", "NUM_GROUPS")
 
 
-def _check_sizes(path: Path, data: Any, prefix: str = "") -> None:
+def check_sizes(path: Path, data: Any, prefix: str = "") -> None:
+    """Refuse a negative architecture size (a key ending in one of :data:`SIZE_KEYS`) in a config.
+
+    Raises:
+        InputError: naming the dotted key and its value.
+    """
     if not isinstance(data, dict):
         return
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict):
-            _check_sizes(path, value, name)
+            check_sizes(path, value, name)
         elif (isinstance(value, int) and not isinstance(value, bool) and value < 0
               and str(key).upper().endswith(SIZE_KEYS)):
             raise InputError(f"config {path}: {name} is {value}; an architecture size must be >= 0")
