@@ -189,18 +189,25 @@ def segment(
                     continue
                 info = {"image": str(path), "size": [int(rgb.shape[0]), int(rgb.shape[1])],
                         "seconds": round(time.perf_counter() - t1, 3), "load_seconds": round(load_s, 3)}
-                writes.append(pool.submit(write_outputs, output, stems[i], rgb, res, info))
-                written += 1
-            for w in writes:
-                w.result()
+                writes.append((path, pool.submit(write_outputs, output, stems[i], rgb, res, info)))
+            for path, w in writes:
+                try:
+                    w.result()
+                    written += 1
+                except OSError as exc:  # a full disk, a folder where a file goes: that image has no results
+                    if fail_fast or len(files) == 1:
+                        raise InputError(f"cannot write the results of {path} in {output}: "
+                                         f"{exc.strerror or exc}") from None
+                    failed.append((path, f"cannot write its results in {output}: {exc.strerror or exc}"))
         first = next((s for s, f in zip(stems, files) if f not in {p for p, _ in failed}), None)
         if written:
             console.print(f"wrote {written} result(s) to {output}/ "
                           f"({first}_labels.png, {first}_overlay.png, {first}.json)", highlight=False)
         if failed:
+            order = {f: k for k, f in enumerate(files)}
             console.print(f"[bold red]error:[/] {len(failed)} of {len(files)} image(s) could not be segmented "
-                          "(nothing written for them):", highlight=False)
-            for path, msg in failed:
+                          "(no results for them):", highlight=False)
+            for path, msg in sorted(failed, key=lambda f: order[f[0]]):
                 console.print(f"  {path}: {msg}", highlight=False, markup=False)
             return 2
         return 0

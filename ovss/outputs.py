@@ -25,12 +25,14 @@ def plan_outputs(images: Sequence[ImageFile], out_dir: Path) -> list[str]:
 
     Raises:
         InputError: two inputs would write the same file (``a.png`` and ``a.jpg`` in one folder),
-            or an output would overwrite an input image; nothing has been written then.
+            an output would overwrite an input image, or a file stands where an output folder goes
+            (or a folder where an output file goes); nothing has been written then.
     """
     bases = [os.path.abspath(im.base) for im in images]
     common = os.path.commonpath(bases) if bases else ""
     inputs = {os.path.abspath(im.path).casefold(): im.path for im in images}
     owner: dict[str, Path] = {}
+    checked: set[str] = set()
     stems = []
     for im, base in zip(images, bases):
         stem = os.path.normpath(os.path.join(os.path.relpath(base, common), im.rel.parent, im.rel.stem))
@@ -43,7 +45,17 @@ def plan_outputs(images: Sequence[ImageFile], out_dir: Path) -> list[str]:
             if key in inputs:
                 raise InputError(f"the output {target} of {im.path} would overwrite the input image "
                                  f"{inputs[key]}: choose another -o folder (nothing was written)")
+            if os.path.isdir(target):
+                raise InputError(f"{target} is a folder where a result of {im.path} goes: move it or choose "
+                                 "another -o folder (nothing was written)")
             owner[key] = im.path
+        folder = os.path.dirname(os.path.join(out_dir, stem))
+        while folder not in checked and os.path.abspath(folder) != os.path.abspath(out_dir):
+            checked.add(folder)
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise InputError(f"{folder} is a file where the results of {im.path} go: move it or choose "
+                                 "another -o folder (nothing was written)")
+            folder = os.path.dirname(folder)
         stems.append(Path(stem).as_posix())
     return stems
 

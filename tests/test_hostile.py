@@ -403,6 +403,13 @@ def test_output_plan_mirrors_and_refuses_collisions(tmp_path: Path) -> None:
     png(tmp_path / "e" / "x_overlay.png")
     with pytest.raises(InputError, match="would overwrite the input image"):
         plan_outputs(find_images([tmp_path / "e"]), tmp_path / "e")
+    (tmp_path / "o1").mkdir()
+    (tmp_path / "o1" / "d1").write_text("x")  # a file where a mirrored folder goes
+    with pytest.raises(InputError, match="is a file where the results"):
+        plan_outputs(found, tmp_path / "o1")
+    (tmp_path / "o2" / "d2" / "a_labels.png").mkdir(parents=True)  # a folder where a result goes
+    with pytest.raises(InputError, match="is a folder where a result"):
+        plan_outputs(found, tmp_path / "o2")
 
 
 def test_cli_folders(tmp_path: Path, tiny_args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
