@@ -247,11 +247,11 @@ def is_path_like(value: str) -> bool:
     """Whether a text value may be read as a path or a URL by the loaders: it exists on the server
     (relative to the working folder), is absolute, starts with ``.`` or ``~``, holds a backslash, a
     URL scheme or a folder separator (other than a hub id ``org/name``), or ends with a file suffix.
-    ``hf-hub:org/name`` (open_clip) is a hub name."""
+    ``hf-hub:org/name`` (open_clip) and ``hf_hub:org/name`` (timm) are hub names."""
     v = value.strip()
-    if v.startswith("hf-hub:"):
-        v = v[len("hf-hub:"):]
-        return not HUB_ID.match(v)
+    for scheme in ("hf-hub:", "hf_hub:"):  # open_clip's and timm's spelling of a hub model
+        if v.startswith(scheme):
+            return not HUB_ID.match(v[len(scheme):])
     try:
         exists = os.path.lexists(v)
     except (OSError, ValueError):
