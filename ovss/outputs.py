@@ -14,7 +14,8 @@ from .imageio import ImageFile
 
 
 #: what :func:`write_outputs` may write for one image, after its stem
-OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json", "_panoptic.png", "_panoptic_ids.png")
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", ".json", "_panoptic.png", "_panoptic_ids.png", "_instances.json",
+                   "_instances.png")
 
 
 def plan_outputs(images: Sequence[ImageFile], out_dir: Path) -> list[str]:
@@ -76,8 +77,8 @@ def write_outputs(out_dir: Path, stem: str, rgb: Any, res: Any, extra: dict[str,
         write_panoptic(out_dir / f"{stem}_panoptic.png", rgb, panoptic, res.classes)
         write_panoptic_ids(out_dir / f"{stem}_panoptic_ids.png", panoptic["panoptic_seg"])
     if res.extras.get("instances") is not None:  # COCO RLE per instance; overlay of those scoring >= 0.5
-        atomic_write_text(out_dir / f"{stem}_instances.json", json.dumps(instances_json(res.extras["instances"],
-                                                                                       res.classes)))
+        atomic_write_text(out_dir / f"{stem}_instances.json",
+                          json.dumps(finite_json(instances_json(res.extras["instances"], res.classes)), allow_nan=False))
         instance_overlay(rgb, res.extras["instances"], res.classes).save(out_dir / f"{stem}_instances.png")
     overlay(rgb, labels, res.classes, colors, background=res.background).save(out_dir / f"{stem}_overlay.png")
     share = res.pixel_share()
