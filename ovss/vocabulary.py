@@ -126,8 +126,9 @@ def parse_classes(classes: ClassesInput, *, check: bool = True) -> Vocabulary:
     elif hasattr(classes, "__iter__") and not isinstance(classes, (bytes, dict)):
         rows = []
         for item in classes:
-            words = [item] if isinstance(item, str) else item
-            if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+            iterable = hasattr(item, "__iter__") and not isinstance(item, (str, bytes, dict))
+            words = [item] if isinstance(item, str) else list(item) if iterable else None
+            if words is None or not all(isinstance(w, str) for w in words):
                 raise InputError(f"class names must be strings (or lists of synonyms), got {item!r}")
             rows.append([w.strip() for w in words])
     else:
