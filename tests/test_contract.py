@@ -196,7 +196,7 @@ def test_cli_eval_and_web_page_agree(method, parity_dir, photo, tmp_path):
     assert r.exit_code == 0, r.output
     via_eval = np.asarray(Image.open(tmp_path / "pred" / "im000.png"))
 
-    backend = DemoBackend(DemoConfig(method=method))
+    backend = DemoBackend(DemoConfig(method=method, models_dir=str(parity_dir)))  # the page reads files only there
     text = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()
                     if k not in ("model", "pretrained", "short_side"))
     _, res, _ = backend.run(str(image), "", None, None, method, opts.get("model"), opts.get("pretrained"), "cpu",

@@ -69,12 +69,20 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, Any]]:
         if not path.is_file():
             raise UnknownNameError(f"model config file not found: {model}")
         try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UnknownNameError(f"model config {model} is not valid JSON: {exc}") from None
-        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
             raise UnknownNameError(f"{model} is not an open_clip model config "
                                    "(it needs 'embed_dim', 'vision_cfg' and 'text_cfg')")
+        for where, part in (("", cfg), ("vision_cfg.", cfg["vision_cfg"]), ("text_cfg.", cfg["text_cfg"])):
+            for key in ("embed_dim", "layers", "width", "heads", "head_width", "patch_size", "image_size",
+                        "context_length", "vocab_size", "mlp_ratio"):
+                vals = part.get(key) if isinstance(part, dict) else None
+                vals = vals if isinstance(vals, (list, tuple)) else [vals]
+                if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not v > 0 for v in vals):
+                    raise UnknownNameError(f"model config {model}: {where}{key} is {part[key]}; sizes must be "
+                                           "positive")
         open_clip.add_model_config(path)
         return path.stem, cfg
     name = model.replace("/", "-")  # "ViT-B/16" (OpenAI spelling) -> "ViT-B-16"

@@ -757,11 +757,25 @@ def _list_samples(spec: DatasetSpec, root: Path, layout: Layout, panoptic: Panop
     img_dir, lab_dir = root / layout.image_dir, root / layout.label_dir
     if layout.index == "split":
         assert layout.split_file is not None
-        text = (root / layout.split_file).read_text(encoding="utf-8")
-        ids = [line.strip() for line in text.splitlines() if line.strip()]
+        split = root / layout.split_file
+        try:
+            text = split.read_bytes().decode("utf-8-sig")  # a Windows editor's byte-order mark is no id
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{spec.name}: split file {split} is not UTF-8 text (byte {exc.start}): "
+                               "it should list one image id a line") from None
+        numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        ids = [i for _, i in numbered]
         if not ids:
-            raise DatasetError(f"{spec.name}: split file {root / layout.split_file} lists no image ids; "
-                               + _expected(spec, layout))
+            raise DatasetError(f"{spec.name}: split file {split} lists no image ids; " + _expected(spec, layout))
+        if len(set(ids)) < len(ids):  # scored twice otherwise, and counted differently after a resume
+            first: dict[str, int] = {}
+            for n, i in numbered:
+                if i in first:
+                    raise DatasetError(
+                        f"{spec.name}: split file {split} lists image id {i!r} twice (lines {first[i]} and {n}; "
+                        f"{len(ids) - len(set(ids))} repeated line(s) in all): list each image once "
+                        "(e.g. awk '!seen[$0]++' on the file)")
+                first[i] = n
     elif layout.index == "images":
         ids = _scan(img_dir, layout.image_suffix, layout.recursive)
         if not ids:

@@ -102,6 +102,9 @@ def register(app: typer.Typer) -> None:
                                           "repeatable, e.g. --set prob_threshold=0.2"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
         table: bool = typer.Option(True, "--table/--no-table", help="print the per-class table"),
+        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="largest image decoded, width x height "
+                                                 "in pixels, checked from the file header (default: "
+                                                 "$OVSS_MAX_PIXELS or 100000000)"),
     ) -> None:
         """Score a method (official protocol) or a folder of label maps on a benchmark: mIoU, mAcc, aAcc,
         fwIoU (and seen/unseen mIoU, hIoU on VOC20, COCO-Stuff and ADE-847), PQ / SQ / RQ on panoptic
@@ -114,6 +117,9 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=False)
         rank = int(os.environ.get("RANK", "0"))
         try:
+            from ..imageio import set_max_pixels
+
+            set_max_pixels(max_pixels)
             result = evaluate(dataset, data_root, method=method, model=model, pretrained=pretrained,
                               predictions=predictions, device=device, limit=limit, output_dir=output, name=name,
                               layout=layout, resume=resume, progress=progress, save_predictions=save_predictions,

@@ -40,7 +40,7 @@ from PIL import Image
 from .. import registry
 from ..data.datasets import EvalDataset, Sample, id2rgb, open_dataset
 from ..errors import InputError, UnknownNameError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, ensure_output_dir
 from .distributed import Dist, all_reduce, barrier, broadcast_object, dist_setup, eval_device, gather_to_rank0
 from .instance import (append_detections, coco_from_dict, detections_path, evaluate_detections, load_detections,
                        to_detections)
@@ -70,18 +70,56 @@ def _save_state(path: Path, matrix: np.ndarray, pq: np.ndarray, done: list[str],
 
 
 def _load_state(path: Path, fingerprint: str, num_classes: int
-                ) -> tuple[np.ndarray, np.ndarray, list[str], float] | None:
+                ) -> tuple[tuple[np.ndarray, np.ndarray, list[str], float] | None, str]:
+    """(state, why not) of the partial state at ``path``: None and the reason when there is none to
+    resume from (no file, another run's, unreadable)."""
     if not path.is_file():
-        return None
+        return None, ""
     try:
         with np.load(path, allow_pickle=False) as z:
             if (str(z["fingerprint"]) != fingerprint or z["matrix"].shape != (num_classes, num_classes)
                     or z["pq"].shape != (num_classes, 4)):
-                return None
+                return None, "it belongs to a run with other settings, weights or input files"
             return (z["matrix"].astype(np.int64), z["pq"].astype(np.float64), [str(x) for x in z["done"]],
-                    float(z["elapsed"]))
+                    float(z["elapsed"])), ""
     except Exception:  # a corrupt state file means starting over, never a crash
-        return None
+        return None, "it is unreadable"
+
+
+def file_stamps(values: Any, limit: int = 64) -> dict[str, list[int]]:
+    """``{path: [size, mtime_ns]}`` of every existing file named by a string in ``values`` (nested
+    dicts and lists; a folder counts with its files, not recursively): the weights, configs and
+    class lists a run depends on, so a replaced file starts the run over instead of resuming."""
+    out: dict[str, list[int]] = {}
+
+    def stamp(p: Path) -> None:
+        try:
+            st = p.stat()
+        except OSError:
+            return
+        out[str(p)] = [int(st.st_size), int(st.st_mtime_ns)]
+
+    def visit(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, (str, Path)) and str(v) and len(str(v)) < 4096:
+            p = Path(str(v)).expanduser()
+            try:
+                if p.is_file():
+                    stamp(p)
+                elif p.is_dir():
+                    for f in sorted(p.iterdir())[:limit]:
+                        if f.is_file():
+                            stamp(f)
+            except (OSError, ValueError):
+                pass
+
+    visit(values)
+    return out
 
 
 # --- loop -------------------------------------------------------------------------------------------
@@ -201,6 +239,11 @@ def evaluate(dataset: str | EvalDataset, data_root: str | Path | None = None, *,
         raise InputError("--instance-predictions goes with --predictions (the label maps scored for mIoU)")
     if label_short_side is not None and label_short_side < 1:
         raise InputError(f"--label-short-side must be a positive number of pixels, got {label_short_side}")
+    # the output folders are checked before any model loads or image is scored
+    if output_dir is not None:
+        ensure_output_dir(output_dir, "-o")
+    if save_predictions is not None:
+        ensure_output_dir(save_predictions, "--save-predictions")
     if isinstance(dataset, EvalDataset):
         ds = dataset
     else:
@@ -351,11 +394,18 @@ def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: 
         "label_short_side": label_short_side,
         **source.describe(),
     }
+    # the resume state is keyed by everything the numbers depend on: the settings, the files of the
+    # weights and configs they name, the ground truth and (scoring a folder) the prediction files
+    inputs = {"weights": file_stamps([model, pretrained, segmenter_options, config.get("settings")]),
+              "labels": _stamps_digest([ds.samples[i].label for i in indices]
+                                       + [ds.samples[i].panoptic for i in indices if ds.samples[i].panoptic])}
+    if isinstance(source, PredictionDirSource):
+        inputs["predictions"] = source.content_key([ds.samples[i] for i in indices])
     fingerprint = hashlib.sha256(json.dumps(
-        {k: config.get(k) for k in ("dataset", "data_root", "layout", "name", "method", "model", "pretrained",
-                                    "predictions", "panoptic_predictions", "segmenter_options", "limit",
-                                    "world_size", "panoptic", "settings", "instance", "instance_predictions",
-                                    "label_short_side")},
+        {**{k: config.get(k) for k in ("dataset", "data_root", "layout", "name", "method", "model", "pretrained",
+                                       "predictions", "panoptic_predictions", "segmenter_options", "limit",
+                                       "world_size", "panoptic", "settings", "instance", "instance_predictions",
+                                       "label_short_side")}, "inputs": inputs},
         sort_keys=True, default=str).encode()).hexdigest()
 
     out_dir = Path(output_dir).expanduser() if output_dir is not None else None
@@ -369,12 +419,20 @@ def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         state_path = _state_path(out_dir, stem, d)
-        state = _load_state(state_path, fingerprint, num_classes) if resume else None
-        if state is not None:
-            matrix, pq, done, prev_elapsed = state
+        if resume:
+            state, why_not = _load_state(state_path, fingerprint, num_classes)
+            if state is not None:
+                matrix, pq, done, prev_elapsed = state
+                if d.rank == 0:
+                    print(f"resuming: {len(done)} of {len(shard)} images were scored by an interrupted run with the "
+                          f"same settings and files ({state_path.name} in {out_dir}); --no-resume starts over",
+                          file=sys.stderr)
+            elif why_not and d.rank == 0:
+                print(f"starting over: the saved state {state_path} is not resumed ({why_not})", file=sys.stderr)
         if with_ap:
             dets_path = detections_path(state_path)
             detections = load_detections(dets_path, done)
+    config["resumed_images"] = len(done)
     done_set = set(done)
     todo = [i for i in shard if ds.samples[i].id not in done_set]
     save_dir = Path(save_predictions).expanduser() if save_predictions is not None else None
@@ -468,6 +526,18 @@ def _evaluate(ds: EvalDataset, d: Dist, dev: str, t_start: float, *, segmenter: 
         state_path.unlink(missing_ok=True)
         detections_path(state_path).unlink(missing_ok=True)
     return result
+
+
+def _stamps_digest(paths: Sequence[Path]) -> str:
+    """SHA-256 of the (name, size, mtime) of ``paths`` (missing files count as such)."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
 
 
 def resize_to_short_side(label: np.ndarray, short_side: int) -> np.ndarray:

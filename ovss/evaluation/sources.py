@@ -113,6 +113,9 @@ class PredictionDirSource:
         from .instance import InstancePredictions
 
         self.folder = Path(folder).expanduser()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"--predictions {self.folder} is a file: give the folder that holds the PNG label "
+                             "maps (one per image, named like it)")
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist")
         self.image_root = dataset.root / dataset.layout.image_dir
@@ -146,6 +149,27 @@ class PredictionDirSource:
                              "map like its image")
         if self.panoptic is not None:
             self.panoptic.check(samples)
+
+    def content_key(self, samples: Sequence[Sample]) -> str:
+        """SHA-256 of the name, size and modification time of every prediction file of ``samples``
+        (and of the panoptic JSON and PNGs, the instance JSON): the resume state of a run is valid only
+        for these files."""
+        import hashlib
+
+        h = hashlib.sha256()
+        files = [self.find(s) for s in samples]
+        if self.panoptic is not None:
+            files.append(self.panoptic.json_path)
+            files += [self.panoptic.folder / a["file_name"] for a in map(self.panoptic.annotation, samples) if a]
+        if self.instances is not None:
+            files.append(self.instances.json_path)
+        for p in files:
+            try:
+                st = p.stat() if p is not None else None
+            except OSError:
+                st = None
+            h.update(f"{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
+        return h.hexdigest()
 
     def __call__(self, sample: Sample, image: np.ndarray | None) -> Prediction:
         path = self.find(sample)
@@ -195,6 +219,10 @@ class PanopticPredictions:
         self.folder = stem_dir if stem_dir.is_dir() else self.json_path.parent
         self.by_image = {str(a.get("image_id")): a for a in annotations}
         self.contiguous = self.gt.contiguous
+
+    def annotation(self, sample: Sample) -> dict[str, Any] | None:
+        """The prediction JSON's annotation of ``sample`` (matched by image_id), or None."""
+        return self._annotation(sample)
 
     def _annotation(self, sample: Sample) -> dict[str, Any] | None:
         image_id = self.gt.annotations[Path(sample.id).name]["image_id"]

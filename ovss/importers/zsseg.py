@@ -30,7 +30,7 @@ from ..backbones.resnet import ResNetConfig
 from ..checkpoints import load_checkpoint
 from ..errors import InputError, ModelLoadError
 from ..models.maskformer import MaskFormerConfig
-from .d2config import cfg_get, load_config
+from .d2config import cfg_get, check_sizes, load_config
 
 #: architecture of the released ZSSeg models (R101c, both the zero-shot and the cross-dataset one).
 ZSSEG_RELEASED: dict[str, Any] = {
@@ -173,18 +173,23 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return _load_yaml_tolerant(Path(path))
 
 
-def _load_yaml_tolerant(path: Path) -> dict[str, Any]:
+def _load_yaml_tolerant(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
+    if path.resolve() in chain:
+        raise InputError(f"config {path}: its _BASE_ chain comes back to {path.name}: fix the _BASE_ entries")
     try:
-        data = yaml.load(path.read_text(), Loader=_TolerantLoader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"cannot parse config {path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config {path} is not UTF-8 text (a binary file?): give the YAML or JSON config") from None
     if not isinstance(data, dict):
         raise InputError(f"config {path} is not a mapping")
+    check_sizes(path, data)
     base = data.pop("_BASE_", None)
     if base:
-        data = _merge_dicts(_load_yaml_tolerant(path.parent / base), data)
+        data = _merge_dicts(_load_yaml_tolerant(path.parent / base, (*chain, path.resolve())), data)
     return data
 
 

@@ -12,7 +12,6 @@ scores = ``sum_q p(q, c) * sigmoid(mask_q)``; panoptic = Mask2Former's rule.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..options import Fraction
 from ..protocols import Protocol, ProtocolTable
 from ..segmenter import Capabilities, Segmentation, Segmenter
 from ..text import class_embeddings
-from ..vocabulary import ClassesInput, Vocabulary, packaged_class_file
+from ..vocabulary import Vocabulary, id_name_vocabulary, packaged_class_file
 
 # Thing classes (contiguous ids) of the panoptic datasets, from the official registrations
 # (``register_ade20k_panoptic.py``, ``register_coco_panoptic_annos_semseg.py``,
@@ -118,24 +117,17 @@ def split_synonyms(name: str) -> list[str]:
 
 def read_fcclip_class_file(path: str | Path, drop_first: bool = False) -> Vocabulary:
     """Read an FC-CLIP class file (``idx:syn1,syn2,...`` lines; ``invalid_class_id`` lines skipped,
-    as ``openseg_classes.py`` does) into a vocabulary whose display names are the first synonyms.
+    as ``openseg_classes.py`` does) into a vocabulary whose display names are the first synonyms
+    (:func:`ovss.vocabulary.id_name_vocabulary`; a user's file in this format is read the same way
+    when named explicitly, :func:`ovss.vocabulary.read_classes_file`).
 
     Raises:
         InputError: a line without ``:``.
     """
-    rows: list[list[str]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        if ":" not in line:
-            raise InputError(f"{path}:{n + 1}: expected 'id:name1,name2,...', got {line!r}")
-        _, name = line.split(":", 1)
-        if name == "invalid_class_id":
-            continue
-        rows.append(split_synonyms(name))
-    if drop_first:
-        rows = rows[1:]
-    return Vocabulary(tuple(r[0] for r in rows), tuple(tuple(r) for r in rows))
+    try:
+        return id_name_vocabulary(Path(path).read_text(encoding="utf-8").splitlines(), drop_first)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def dataset_vocabulary(dataset: str) -> Vocabulary:
@@ -265,15 +257,6 @@ class FCCLIP(Segmenter):
                                  f"pass model={want!r} (--model {want})")
 
     # ---- vocabulary and text classifier -------------------------------------------------------
-    def vocabulary(self, classes: ClassesInput | Vocabulary | None = None, background: Any = None,
-                   prob_threshold: float | None = None) -> Vocabulary:
-        """As :meth:`Segmenter.vocabulary`; a path to an official ``id:name1,name2`` class file
-        (``openseg_classes.py`` format) is read as one."""
-        if isinstance(classes, (str, Path)) and "\n" not in str(classes) and str(classes).endswith(".txt") \
-                and Path(classes).is_file() and _is_fcclip_class_file(Path(classes)):
-            classes = read_fcclip_class_file(classes)
-        return super().vocabulary(classes, background, prob_threshold)
-
     def thing_classes(self, vocab: Vocabulary) -> tuple[int, ...]:
         """Thing class ids of ``vocab``: the protocol's for its own class list (shifted by a prepended
         background class, which is stuff), every non-background class for any other list."""
@@ -397,8 +380,3 @@ class FCCLIP(Segmenter):
                 "size_divisibility": self.cfg.size_divisibility, "alpha": self.alpha, "beta": self.beta,
                 "object_mask_threshold": self.cfg.object_mask_threshold,
                 "overlap_threshold": self.cfg.overlap_threshold, "templates": "vild14"}
-
-
-def _is_fcclip_class_file(path: Path) -> bool:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return bool(lines) and all(re.match(r"^\d+:", line) for line in lines)
