@@ -275,18 +275,18 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
         name="catseg_vitb", method="cat_seg", option="checkpoint",
         title="CAT-Seg (B), CLIP ViT-B/16, trained on COCO-Stuff",
         sources=(Source("hf", "hamacojr/CAT-Seg-weights", "model_base.pth", repo_type="space"),),
-        fills={"model": "ViT-B-16", "pretrained": "openai"}, official_config="configs/vitb_384.yaml",
+        fills={"model": "ViT-B-16"}, official_config="configs/vitb_384.yaml",
         protocols=("ade847", "context459", "ade20k", "context59", "voc20", "voc21"),
         paper=dict(zip(_CATSEG_COLUMNS, (12.0, 19.0, 31.8, 57.5, 94.6, 77.3))), source=_CATSEG,
-        notes="ovss's CAT-Seg method is not on main yet; the entry resolves once it is registered"),
+        notes="the checkpoint holds the fine-tuned CLIP too: no pretrained CLIP is needed"),
     ZooModel(
         name="catseg_vitl", method="cat_seg", option="checkpoint",
         title="CAT-Seg (L), CLIP ViT-L/14@336px, trained on COCO-Stuff",
         sources=(Source("hf", "hamacojr/CAT-Seg-weights", "model_large.pth", repo_type="space"),),
-        fills={"model": "ViT-L-14-336", "pretrained": "openai"}, official_config="configs/vitl_336.yaml",
+        fills={"model": "ViT-L-14-336"}, official_config="configs/vitl_336.yaml",
         protocols=("ade847", "context459", "ade20k", "context59", "voc20", "voc21"),
         paper=dict(zip(_CATSEG_COLUMNS, (16.0, 23.8, 37.9, 63.3, 97.0, 82.5))), source=_CATSEG,
-        notes="ovss's CAT-Seg method is not on main yet; the entry resolves once it is registered"),
+        notes="the checkpoint holds the fine-tuned CLIP too: no pretrained CLIP is needed"),
 )}
 
 #: method keywords that take a checkpoint file (and so may take a zoo name).
