@@ -153,7 +153,7 @@ def test_option_errors(method, parity_dir):
 # -- one image path: ovss segment, ovss eval and the web page give the same labels ------------------
 
 #: a benchmark of ``ovss.data`` each method has an official protocol for
-EVAL_DATASET = {"zsseg": "ade20k", "zegformer": "voc20"}
+EVAL_DATASET = {"zsseg": "ade20k", "zegformer": "voc20", "cat_seg": "voc20"}
 
 
 def _one_image_dataset(root: Path, name: str, photo: Path) -> Path:
