@@ -11,6 +11,7 @@ Errors from bad input are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError, OvssError
+from .fileio import ensure_output_dir
 from .options import FALSE_WORDS, TRUE_WORDS, parse_option_tokens
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -81,10 +83,12 @@ def split_extra(tokens: list[str], flags: set[str] = frozenset()) -> tuple[list[
              epilog=EXTRA_HELP)
 def segment(
     ctx: typer.Context,
-    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    images: List[str] = typer.Argument(..., help="Image files or folders."),
     classes: Optional[str] = typer.Option(None, "--classes", "-c",
-                                          help="Comma-separated class names, or a file with one class per line "
-                                               "(a line may list synonyms separated by commas)."),
+                                          help="Comma-separated class names, or @FILE to read a class file (one "
+                                               "class per line, synonyms after commas)."),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file",
+                                                help="Read the classes from this file (same as --classes @FILE)."),
     method: str = typer.Option("sclip", "--method", "-m", help="Method name (see `ovss methods`)."),
     model: Optional[str] = typer.Option(None, help="Backbone: open_clip model name or model-config JSON "
                                                    "(default: the method's, e.g. ViT-B-16)."),
@@ -93,72 +97,139 @@ def segment(
     dataset: Optional[str] = typer.Option(None, help="Use this benchmark's official protocol (voc21, context59, ...)."),
     background: Optional[str] = typer.Option(None, help="Comma-separated words that score the background class."),
     prob_threshold: Optional[float] = typer.Option(None, help="Pixels whose top score is below this become background."),
-    output: Path = typer.Option(Path("out"), "--output", "-o", help="Output folder."),
+    output: Path = typer.Option(Path("out"), "--output", "-o",
+                                help="Output folder; the input folders are mirrored under it, and it is never "
+                                     "searched for input images."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     short_side: Optional[int] = typer.Option(None, help="Resize the short side to this many pixels."),
     crop: Optional[int] = typer.Option(None, help="Sliding-window crop in pixels (0: whole image)."),
     stride: Optional[int] = typer.Option(None, help="Sliding-window stride in pixels."),
     precision: Optional[str] = typer.Option(None, help="fp32 (exact, default), bf16 or fp16."),
     batch_size: Optional[int] = typer.Option(None, help="Sliding windows per forward pass."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
+                                             help="Largest image accepted, width x height in pixels, checked from "
+                                                  "the file header before decoding (default: $OVSS_MAX_PIXELS or "
+                                                  "100000000)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast",
+                                   help="Stop at the first image that cannot be segmented (default: report it, "
+                                        "go on with the others and exit with status 2 at the end)."),
 ) -> None:
     """Segment images with any class names; writes label maps, overlays and JSON reports."""
 
-    def work() -> None:
+    def work() -> int:
         from tqdm import tqdm
 
-        from .imageio import list_images
-        from .outputs import unique_stems, write_outputs
+        from .imageio import find_images, set_max_pixels
+        from .outputs import plan_outputs, write_outputs
         from .registry import create_segmenter, method_class, parse_options
+        from .segmenter import check_threshold
 
+        # every check on the arguments, the inputs and the output folder comes before the model loads
         cls = method_class(method)
         flags = {name for name, spec in cls.options().items() if spec.is_flag}
-        paths, text_opts = split_extra([str(p) for p in images] + list(ctx.args), flags)
+        paths, text_opts = split_extra(list(images) + list(ctx.args), flags)
         if not paths:
             raise InputError("give at least one image file or folder")
-        files = list_images(paths)
+        set_max_pixels(max_pixels)
         for name, value in (("model", model), ("pretrained", pretrained), ("dataset", dataset), ("device", device),
                             ("short_side", short_side), ("crop", crop), ("stride", stride),
                             ("precision", precision), ("batch_size", batch_size)):
             if value is not None:
                 text_opts[name] = str(value)
         opts = parse_options(method, text_opts, from_text=True)
-        vocab = None
-        if classes is not None:
-            from .vocabulary import parse_classes
-
-            vocab = parse_classes(classes)
-        elif dataset is None:
+        vocab = cli_classes(classes, classes_file)
+        if vocab is None and dataset is None:
             raise InputError("give the classes to look for with --classes \"cat, sofa, window\" "
-                             "(or a class file), or --dataset for a benchmark's class names")
+                             "(or --classes @FILE), or --dataset for a benchmark's class names")
         if background is not None and not cls.capabilities.background:
             raise InputError(f"{method} scores no background words (it has no background class): drop --background")
-        output.mkdir(parents=True, exist_ok=True)
+        if prob_threshold is not None:
+            if not cls.capabilities.prob_threshold:
+                raise InputError(f"{method} has no background class to send low scores to: drop --prob-threshold")
+            check_threshold(prob_threshold, cls.capabilities)
+        for p in paths:
+            if os.path.abspath(output) == os.path.abspath(p) and Path(p).is_dir():
+                raise InputError(f"-o {output} is the input folder: the outputs would mix with the images (and be "
+                                 f"segmented next time); use a subfolder such as -o {Path(p) / 'out'}")
+        found = find_images(paths, exclude=[output])
+        stems = plan_outputs(found, output)
+        ensure_output_dir(output, "-o")
+        files = [f.path for f in found]
+
         t0 = time.perf_counter()
         with console.status(f"loading {method}"):
             seg = create_segmenter(method, **opts)
         load_s = time.perf_counter() - t0
-        stems = unique_stems(files)
+        seg.vocabulary(vocab, background, prob_threshold)  # class-list errors once, not once per image
+        failed: list[tuple[Path, str]] = []
+        written = 0
         # decode the next image (with the method's own decoder) and write the last results while the model runs
         with ThreadPoolExecutor(max_workers=2) as pool:
             pending = pool.submit(seg.read_image, files[0])
             writes = []
-            for i, path in enumerate(tqdm(files, desc="segmenting", unit="img", file=sys.stderr,
-                                          disable=len(files) < 2)):
-                rgb = pending.result()
-                if i + 1 < len(files):
-                    pending = pool.submit(seg.read_image, files[i + 1])
+            bar = tqdm(files, desc="segmenting", unit="img", file=sys.stderr, disable=len(files) < 2)
+            for i, path in enumerate(bar):
                 t1 = time.perf_counter()
-                res = seg.predict(rgb, vocab, background=background, prob_threshold=prob_threshold,
-                                  image_id=path.stem)
+                try:
+                    try:
+                        rgb = pending.result()
+                    finally:
+                        if i + 1 < len(files):
+                            pending = pool.submit(seg.read_image, files[i + 1])
+                    t1 = time.perf_counter()
+                    res = seg.predict(rgb, vocab, background=background, prob_threshold=prob_threshold,
+                                      image_id=path.stem)
+                except OvssError as exc:
+                    if len(files) == 1:
+                        raise
+                    if fail_fast:
+                        raise InputError(f"{path}: {exc} (stopped by --fail-fast; nothing written for it)") from None
+                    failed.append((path, str(exc)))
+                    bar.write(f"skipped {path}: {exc}", file=sys.stderr)
+                    continue
                 info = {"image": str(path), "size": [int(rgb.shape[0]), int(rgb.shape[1])],
                         "seconds": round(time.perf_counter() - t1, 3), "load_seconds": round(load_s, 3)}
-                writes.append(pool.submit(write_outputs, output, stems[i], rgb, res, info))
-            for w in writes:
-                w.result()
-        console.print(f"wrote {len(files)} result(s) to {output}/ "
-                      f"({stems[0]}_labels.png, {stems[0]}_overlay.png, {stems[0]}.json)")
+                writes.append((path, pool.submit(write_outputs, output, stems[i], rgb, res, info)))
+            for path, w in writes:
+                try:
+                    w.result()
+                    written += 1
+                except OSError as exc:  # a full disk, a folder where a file goes: that image has no results
+                    if fail_fast or len(files) == 1:
+                        raise InputError(f"cannot write the results of {path} in {output}: "
+                                         f"{exc.strerror or exc}") from None
+                    failed.append((path, f"cannot write its results in {output}: {exc.strerror or exc}"))
+        first = next((s for s, f in zip(stems, files) if f not in {p for p, _ in failed}), None)
+        if written:
+            console.print(f"wrote {written} result(s) to {output}/ "
+                          f"({first}_labels.png, {first}_overlay.png, {first}.json)", highlight=False)
+        if failed:
+            order = {f: k for k, f in enumerate(files)}
+            console.print(f"[bold red]error:[/] {len(failed)} of {len(files)} image(s) could not be segmented "
+                          "(no results for them):", highlight=False)
+            for path, msg in sorted(failed, key=lambda f: order[f[0]]):
+                console.print(f"  {path}: {msg}", highlight=False, markup=False)
+            return 2
+        return 0
 
-    run_cli(work)
+    code = run_cli(work)
+    if code:
+        raise typer.Exit(code)
+
+
+def cli_classes(classes: str | None, classes_file: Path | None) -> Any:
+    """The vocabulary of ``--classes`` (``@FILE`` reads a class file) or ``--classes-file``, or None.
+
+    Raises:
+        InputError: both given, or a bad class list or file.
+    """
+    from .vocabulary import classes_argument, read_classes_file
+
+    if classes is not None and classes_file is not None:
+        raise InputError("give the classes once: --classes or --classes-file")
+    if classes_file is not None:
+        return read_classes_file(classes_file)
+    return classes_argument(classes) if classes is not None else None
 
 
 @app.command()
@@ -236,6 +307,11 @@ def demo(
     lock_model: bool = typer.Option(False, "--lock-model",
                                     help="Visitors cannot change model, weights, device or method "
                                          "options (advisable with --share or a public --host)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir",
+                                              help="Folder whose files visitors may name as model, weights or "
+                                                   "config (by file name); without it the page loads no file of "
+                                                   "this machine, only model names and the defaults given here."),
+    max_short_side: int = typer.Option(1024, help="Largest short side (px) visitors may ask for."),
 ) -> None:
     """Start the web demo: drop a photo, type class names, see the segmentation."""
     def work() -> None:
@@ -246,15 +322,19 @@ def demo(
         for name, value in (("concurrency", concurrency), ("max-queue", max_queue), ("max-models", max_models)):
             if value < 1:
                 raise InputError(f"--{name} must be at least 1, got {value}")
-        if max_megapixels <= 0:
-            raise InputError(f"--max-megapixels must be positive, got {max_megapixels}")
+        if not 0 < max_megapixels < float("inf"):
+            raise InputError(f"--max-megapixels must be a positive number, got {max_megapixels}")
+        if max_short_side < 1:
+            raise InputError(f"--max-short-side must be at least 1, got {max_short_side}")
         if importlib.util.find_spec("gradio") is None:
             raise InputError("the demo needs gradio: pip install gradio==6.31.0 gradio_client==2.7.2")
         from .demo.app import DemoConfig, build_demo, launch
 
         cfg = DemoConfig(model=model, pretrained=pretrained, device=device, method=method,
                          concurrency=concurrency, max_queue=max_queue, max_models=max_models,
-                         max_megapixels=max_megapixels, lock_model=lock_model)
+                         max_megapixels=max_megapixels, lock_model=lock_model,
+                         models_dir=str(models_dir) if models_dir is not None else None,
+                         max_short_side=max_short_side)
         page = build_demo(config=cfg)
         try:
             local_url, share_url = launch(page, host=host, port=port, share=share)
@@ -290,7 +370,7 @@ def pnp_tune(ctx: typer.Context) -> None:
 def _register_subcommands() -> None:
     import importlib
 
-    for module in ("ovss.evaluation.cli", "ovss.training.cli"):
+    for module in ("ovss.evaluation.cli", "ovss.data.cli", "ovss.training.cli", "ovss.zoo_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import cv2
 import numpy as np
@@ -21,14 +22,33 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+_max_pixels: int | None = None  # set_max_pixels (the --max-pixels flags); None: OVSS_MAX_PIXELS or the default
+
+
+def set_max_pixels(value: int | None) -> None:
+    """Set the limit of :func:`max_pixels` for this process (``ovss segment/eval --max-pixels``);
+    None goes back to ``OVSS_MAX_PIXELS`` or the default.
+
+    Raises:
+        InputError: not a positive integer.
+    """
+    global _max_pixels
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"--max-pixels must be a positive number of pixels, got {value!r}")
+    _max_pixels = value
+
+
 def max_pixels() -> int:
-    """The largest image (width x height) ovss decodes from a file: ``OVSS_MAX_PIXELS`` or
-    :data:`DEFAULT_MAX_PIXELS` (100 megapixels). Decoding needs about 3 bytes a pixel and the methods
-    several times that, so the limit keeps one file from exhausting the machine.
+    """The largest image (width x height) ovss decodes from a file: :func:`set_max_pixels`'s value,
+    else ``OVSS_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS` (100 megapixels). Decoding needs about
+    3 bytes a pixel and the methods several times that, so the limit keeps one file from exhausting
+    the machine; the header is checked before any pixel is decoded.
 
     Raises:
         InputError: ``OVSS_MAX_PIXELS`` is not a positive integer.
     """
+    if _max_pixels is not None:
+        return _max_pixels
     env = os.environ.get("OVSS_MAX_PIXELS")
     if not env:
         return DEFAULT_MAX_PIXELS
@@ -60,7 +80,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except Image.DecompressionBombError:
         # Pillow refuses to even report sizes past twice its own limit: that is past ours too
         raise InputError(f"{path} is larger than {max_pixels():,} pixels: resize it first "
-                         "(or raise OVSS_MAX_PIXELS)") from None
+                         "(or raise --max-pixels / OVSS_MAX_PIXELS)") from None
     except Exception as exc:
         raise InputError(f"cannot read {path} as an image ({exc.__class__.__name__}): "
                          "is it a JPEG/PNG/... file?") from None
@@ -81,7 +101,7 @@ def check_pixels(path: Path) -> None:
         return
     if w * h > max_pixels():
         raise InputError(f"{path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-                         f"{max_pixels() / 1e6:g}: resize it first (or set OVSS_MAX_PIXELS)")
+                         f"{max_pixels() / 1e6:g}: resize it first (or raise --max-pixels / OVSS_MAX_PIXELS)")
 
 
 def load_image(image: ImageInput) -> np.ndarray:
@@ -140,21 +160,65 @@ def _read_file(path: Path) -> np.ndarray:
                          "is it a JPEG/PNG/... file?") from None
 
 
-def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of image files.
+def list_images(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[Path]:
+    """Expand files and folders into a list of image files (see :func:`find_images`)."""
+    return [f.path for f in find_images(paths, exclude)]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One input image: its ``path`` as found, and ``rel``, the same path relative to ``base``
+    (the folder given on the command line, or the file's own folder for a file given by name)."""
+
+    path: Path
+    base: Path
+    rel: Path
+
+
+def find_images(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[ImageFile]:
+    """Expand files and folders into image files: a folder gives its regular files with an image
+    suffix (:data:`IMAGE_SUFFIXES`), recursively and sorted, leaving out anything under an
+    ``exclude`` folder (an output folder inside the input folder); a file is taken as given. A file
+    listed twice is kept once.
 
     Raises:
-        InputError: a path does not exist, or a folder holds no image.
+        InputError: a URL (ovss reads local files only), a path that does not exist, a named pipe or
+            device, a folder without images.
     """
-    out: list[Path] = []
-    for p in map(Path, paths):
+    skip = [os.path.abspath(e) for e in exclude]
+
+    def excluded(f: Path) -> bool:
+        a = os.path.abspath(f)
+        return any(a == e or a.startswith(e.rstrip(os.sep) + os.sep) for e in skip)
+
+    out: list[ImageFile] = []
+    seen: set[str] = set()
+
+    def add(f: Path, base: Path) -> None:
+        key = os.path.abspath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(ImageFile(f, base, Path(os.path.relpath(f, base))))
+
+    for raw in paths:
+        text = str(raw)
+        if "://" in text:
+            raise InputError(f"{text} is a URL: ovss reads local files only, download it first "
+                             "(e.g. curl -O URL) and pass the file")
+        p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            # regular files only: a named pipe with an image suffix would block the decoder forever
+            found = sorted(f for f in p.rglob("*")
+                           if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not excluded(f))
             if not found:
-                raise InputError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
+                raise InputError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})"
+                                 + (" outside the output folder" if skip else ""))
+            for f in found:
+                add(f, p)
+        elif p.is_file():
+            add(p, p.parent)
+        elif p.exists() or p.is_symlink():
+            raise InputError(f"{p} is not a regular file (a pipe, a device or a broken link?)")
         else:
             raise InputError(f"image file not found: {p}")
     return out

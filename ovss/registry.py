@@ -46,6 +46,7 @@ _add("clip_diy", "clip_diy", "CLIPDIY", "Wysoczanska et al., WACV 2024 (CLIP-DIY
 _add("pnp_ovss", "pnp_ovss", "PnPOVSS", "Luo et al., CVPR 2024 (PnP-OVSS)", "BLIP cross-attention GradCAM + Salience DropOut")
 _add("zsseg", "zsseg", "ZSSeg", "Xu et al., ECCV 2022 (ZSSeg / SimSeg)", "MaskFormer proposals classified by CLIP crops")
 _add("zegformer", "zegformer", "ZegFormer", "Ding et al., CVPR 2022 (ZegFormer)", "decoupled zero-shot segmentation: segment groups + CLIP")
+_add("cat_seg", "cat_seg", "CATSeg", "Cho et al., CVPR 2024 (CAT-Seg)", "cost volume of CLIP features, spatial + class aggregation")
 
 
 def available_methods() -> list[str]:
@@ -97,7 +98,9 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
 
     Common options: ``model``, ``pretrained``, ``dataset`` (official protocol and class file),
     ``device``, ``short_side``, ``max_long_side``, ``precision``, ``classes``, ``background``; each
-    method's class documents the rest (``ovss methods NAME`` lists them).
+    method's class documents the rest (``ovss methods NAME`` lists them). A file option may name a zoo entry
+    (``checkpoint="fcclip_cocopan"``, see ``ovss models``): :func:`ovss.zoo.resolve` downloads it on
+    first use and fills the ``model`` / ``pretrained`` / ``config`` that match it unless given.
 
     Raises:
         UnknownNameError: unknown method, model, tag or dataset protocol.
@@ -105,4 +108,6 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
         ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
     """
     kwargs = parse_options(method, kwargs)
-    return method_class(method)(**kwargs)
+    from .zoo import resolve  # zoo names in checkpoint= & co.: the cached file, matching model/pretrained
+
+    return method_class(method)(**resolve(method, kwargs))

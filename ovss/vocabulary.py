@@ -10,6 +10,7 @@ ProxyCLIP), and the class scores the max over its synonyms after the softmax ove
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,12 +86,17 @@ def _split(line: str, sep: str | None) -> list[str]:
 def parse_classes(classes: ClassesInput, *, check: bool = True) -> Vocabulary:
     """Build a vocabulary from what a user typed or passed.
 
+    Text is never taken for a file name: a class file is read only when asked for explicitly, as a
+    :class:`pathlib.Path` here (:func:`read_classes_file`), ``--classes @FILE`` or ``--classes-file
+    FILE`` on the command line (:func:`classes_argument`); the web page reads no file at all
+    (docs/security.md).
+
     Args:
         classes: one of
             - a comma-separated string, ``"car, road, tree"`` (one class per item);
-            - a path to a class file, one class per line, a line listing synonyms separated
-              by commas (or semicolons), the first being the display name;
-            - a multi-line string in the same format as the file;
+            - a multi-line string, one class a line, a line listing synonyms separated by
+              commas (or semicolons), the first being the display name;
+            - a :class:`pathlib.Path` of a class file in that format (see :func:`read_classes_file`);
             - a sequence whose items are a class name or a sequence of synonyms.
         check: reject empty names and duplicates (default). The official class files are
             loaded with ``check=False`` because some repeat a word (e.g. "bed" is both a
@@ -100,26 +106,34 @@ def parse_classes(classes: ClassesInput, *, check: bool = True) -> Vocabulary:
         The vocabulary, without a background class (see :meth:`Vocabulary.with_background`).
 
     Raises:
-        InputError: the list is empty, a name is empty, or a name appears twice.
+        InputError: the list is empty, a name is empty, not a string or appears twice; a single
+            name that looks like a file name (``"classes.txt"``, ``"@classes.txt"``: pass a
+            :class:`pathlib.Path`); an unreadable class file.
     """
     rows: list[list[str]]
-    if isinstance(classes, Path) or (isinstance(classes, str) and "\n" not in classes
-                                     and _looks_like_file(classes)):
-        path = Path(classes)
-        if not path.is_file():
-            raise InputError(f"class file not found: {path}")
-        rows = [_split(line, None) for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-    elif isinstance(classes, str):
-        if "\n" in classes:
-            rows = [_split(line, None) for line in classes.splitlines() if line.strip()]
+    if isinstance(classes, Path):
+        return read_classes_file(classes, check=check)
+    if isinstance(classes, str):
+        text = classes.lstrip(BOM)
+        if "\n" in text:
+            rows = [_split(line, None) for line in text.splitlines() if line.strip()]
         else:
-            rows = [[w.strip()] for w in classes.split(",")]
+            rows = [[w.strip()] for w in text.split(",")]
             if all(not w[0] for w in rows):
                 rows = []
+            elif len(rows) == 1:
+                _refuse_file_name(rows[0][0])
+    elif hasattr(classes, "__iter__") and not isinstance(classes, (bytes, dict)):
+        rows = []
+        for item in classes:
+            iterable = hasattr(item, "__iter__") and not isinstance(item, (str, bytes, dict))
+            words = [item] if isinstance(item, str) else list(item) if iterable else None
+            if words is None or not all(isinstance(w, str) for w in words):
+                raise InputError(f"class names must be strings (or lists of synonyms), got {item!r}")
+            rows.append([w.strip() for w in words])
     else:
-        rows = [[item] if isinstance(item, str) else list(item) for item in classes]
-        rows = [[w.strip() if isinstance(w, str) else w for w in r] for r in rows]
+        raise InputError(f"classes must be a comma-separated string, a list of names or a pathlib.Path of a "
+                         f"class file, not a {type(classes).__name__}")
     if not rows:
         raise InputError("the class list is empty: give at least one class name, "
                          "e.g. --classes \"cat, sofa, window\"")
@@ -128,8 +142,106 @@ def parse_classes(classes: ClassesInput, *, check: bool = True) -> Vocabulary:
     return Vocabulary(tuple(r[0] for r in rows), tuple(tuple(r) for r in rows))
 
 
-def _looks_like_file(text: str) -> bool:
-    return Path(text).suffix.lower() in (".txt", ".csv", ".names") or Path(text).is_file()
+#: a UTF-8 byte-order mark as Python decodes it (Windows editors write one)
+BOM = "\ufeff"
+#: largest class file read (the largest official list, ADE-847 with synonyms, is 30 kB)
+MAX_CLASS_FILE_BYTES = 4 << 20
+CLASS_FILE_SUFFIXES = (".txt", ".csv", ".names", ".json", ".yaml", ".yml", ".lst")
+
+
+def looks_like_file_name(text: str) -> bool:
+    """Whether a lone class name is surely a file name (``@FILE``, ``classes.txt``): decided from the
+    text alone, never by looking at the file system (so no message tells whether a file exists)."""
+    return text.startswith("@") or Path(text).suffix.lower() in CLASS_FILE_SUFFIXES
+
+
+def _refuse_file_name(name: str) -> None:
+    """A lone class that is surely a file name was meant as one: say how to read a file."""
+    if looks_like_file_name(name):
+        raise InputError(f"{name[:80]!r} looks like a file name, not a class: read a class file with "
+                         f"--classes @FILE or --classes-file FILE (Python: classes=pathlib.Path(...)), "
+                         "or list the classes separated by commas")
+
+
+def read_classes_file(path: str | Path, *, check: bool = True) -> Vocabulary:
+    """Read a class file the user named explicitly.
+
+    Format: UTF-8 text (a leading byte-order mark is dropped), one class a line, synonyms after
+    commas (or semicolons), blank lines skipped; or FC-CLIP's ``id:name,synonym`` lines when every
+    line starts with digits and a colon (``openseg_classes.py``: ``invalid_class_id`` lines skipped,
+    synonyms split as FC-CLIP splits them, no duplicate check, as the official files repeat words).
+
+    Raises:
+        InputError: missing, not a regular file (a folder, a pipe), over 4 MB, not UTF-8 text,
+            or a bad class list.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        raise InputError(f"class file not found: {path}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISREG(st.st_mode):  # a pipe or a device would block or never end
+        raise InputError(f"class file {path} is not a regular file")
+    if st.st_size > MAX_CLASS_FILE_BYTES:
+        raise InputError(f"class file {path} is {st.st_size / 1e6:.1f} MB: a class list is text of a few kB "
+                         "(is it the right file?)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"class file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"cannot read class file {path}: {exc.strerror or exc}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"class file {path} lists no class: one class a line, synonyms after commas")
+    if all(re.match(r"^\d+:", line) for line in lines):
+        return id_name_vocabulary(lines)
+    try:
+        return parse_classes("\n".join(lines) + "\n", check=check)
+    except InputError as exc:
+        raise InputError(f"class file {path}: {exc}") from None
+
+
+def id_name_vocabulary(lines: Sequence[str], drop_first: bool = False) -> Vocabulary:
+    """FC-CLIP's ``idx:syn1,syn2,...`` class lines (``openseg_classes.py``) as a vocabulary whose
+    display names are the first synonyms: ``invalid_class_id`` lines skipped, each name split as
+    ``prepare_class_names_from_metadata`` does (``", "`` -> ``","``, then split on ``","``; no
+    other stripping).
+
+    Raises:
+        InputError: a line without ``:``.
+    """
+    rows: list[list[str]] = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if ":" not in line:
+            raise InputError(f"line {n + 1}: expected 'id:name1,name2,...', got {line!r}")
+        _, name = line.split(":", 1)
+        if name == "invalid_class_id":
+            continue
+        rows.append(name.replace(", ", ",").split(","))
+    if drop_first:
+        rows = rows[1:]
+    if not rows:
+        raise InputError("the class list is empty")
+    return Vocabulary(tuple(r[0] for r in rows), tuple(tuple(r) for r in rows))
+
+
+def classes_argument(value: str) -> Vocabulary:
+    """The ``--classes`` value of the command line: ``@FILE`` reads the class file FILE
+    (:func:`read_classes_file`), anything else is a class list (:func:`parse_classes`).
+
+    Raises:
+        InputError: see :func:`parse_classes` and :func:`read_classes_file`.
+    """
+    value = value.lstrip(BOM)
+    if value.startswith("@") and len(value) > 1:
+        return read_classes_file(Path(value[1:]).expanduser())
+    return parse_classes(value)
 
 
 def _check(rows: list[list[str]]) -> None:
@@ -149,7 +261,7 @@ def read_class_file(path: str | Path, sep: str) -> Vocabulary:
     """Read an official class file with its repository's separator, exactly as the official
     ``get_cls_idx`` does (split on ``sep``; words are stripped, which does not change CLIP's
     tokens since its tokenizer collapses whitespace)."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")
     rows = [[w.strip() for w in line.split(sep)] for line in text.splitlines() if line.strip()]
     return parse_classes(rows, check=False)
 

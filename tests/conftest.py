@@ -95,6 +95,9 @@ def tiny_method_options(method: str, parity: Path) -> dict:
         "zegformer": {"model": str(zf / "tiny_clip_e512.json"), "pretrained": str(zf / "tiny_clip_e512.safetensors"),
                       "checkpoint": str(zf / "zegformer_tiny_r101.pth"),
                       "config": str(zf / "zegformer_tiny_config.json"), "short_side": 128},
+        "cat_seg": {"model": str(parity / "cat_seg/tiny_clip_catseg.json"),
+                    "checkpoint": str(parity / "cat_seg/catseg_tiny.pth"),
+                    "config": str(parity / "cat_seg/catseg_tiny_config.yaml")},
     }.get(method, {**clip, "short_side": 224})
 
 

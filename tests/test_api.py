@@ -173,3 +173,18 @@ def test_text_cache_skips_encoding_on_second_run(tiny_clip_files, photo, monkeyp
     assert calls == [] and res.scores.shape[0] == 2
     seg.predict(photo, classes=["zebra", "sky"])  # a new class list is encoded (the probe works)
     assert calls
+
+
+def test_openai_tags_build_quick_gelu():
+    """OpenAI's weights are QuickGELU networks; open_clip's plain configs build GELU unless told (the
+    official SCLIP-family code loads them with QuickGELU)."""
+    import open_clip
+
+    from ovss.backbones.clip import hub_model_kwargs
+
+    assert hub_model_kwargs("ViT-B-16", "openai") == {"force_quick_gelu": True}
+    assert hub_model_kwargs("RN50", "openai") == {"force_quick_gelu": True}
+    assert hub_model_kwargs("ViT-B-16", "laion2b_s34b_b88k") == {}
+    net = open_clip.create_model("ViT-B-16", pretrained=None, **hub_model_kwargs("ViT-B-16", "openai"))
+    acts = {type(m.mlp.gelu).__name__ for m in net.visual.transformer.resblocks}
+    assert acts == {"QuickGELU"}

@@ -53,7 +53,7 @@ def test_segment_folder_with_class_file_and_method_options(tiny_args, photos, tm
     cls = tmp_path / "classes.txt"
     cls.write_text("cat, kitten\ncup, mug\ntable\n")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["segment", str(photos), "-c", str(cls), "-m", "naclip", "-o", str(out),
+    r = runner.invoke(app, ["segment", str(photos), "-c", f"@{cls}", "-m", "naclip", "-o", str(out),
                             "--gaussian-std", "3", "--pamr-steps", "2", *tiny_args])
     assert r.exit_code == 0, r.output
     for stem in ("cat", "coffee"):

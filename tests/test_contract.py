@@ -153,7 +153,7 @@ def test_option_errors(method, parity_dir):
 # -- one image path: ovss segment, ovss eval and the web page give the same labels ------------------
 
 #: a benchmark of ``ovss.data`` each method has an official protocol for
-EVAL_DATASET = {"zsseg": "ade20k", "zegformer": "voc20"}
+EVAL_DATASET = {"zsseg": "ade20k", "zegformer": "voc20", "cat_seg": "voc20"}
 
 
 def _one_image_dataset(root: Path, name: str, photo: Path) -> Path:
@@ -196,7 +196,7 @@ def test_cli_eval_and_web_page_agree(method, parity_dir, photo, tmp_path):
     assert r.exit_code == 0, r.output
     via_eval = np.asarray(Image.open(tmp_path / "pred" / "im000.png"))
 
-    backend = DemoBackend(DemoConfig(method=method))
+    backend = DemoBackend(DemoConfig(method=method, models_dir=str(parity_dir)))  # the page reads files only there
     text = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()
                     if k not in ("model", "pretrained", "short_side"))
     _, res, _ = backend.run(str(image), "", None, None, method, opts.get("model"), opts.get("pretrained"), "cpu",

@@ -219,7 +219,7 @@ def test_client_readable_errors(client: Any, photo: Path, tiny_clip_files: tuple
         (_request(handle_file(str(photo)), "", tiny_clip_files), "the class list is empty"),
         (_request(handle_file(str(photo)), "cat, Cat", tiny_clip_files), "duplicate class name"),
         (_request(handle_file(str(photo)), "cat", tiny_clip_files, pretrained=str(tmp_path / "missing.safetensors")),
-         ("checkpoint file not found", "'pretrained' box")),
+         ("loads no files from the server", "--models-dir")),
         (_request(handle_file(str(photo)), "cat", tiny_clip_files, crop="-3"), "crop must be a whole number"),
         (_request(handle_file(str(photo)), "cat", tiny_clip_files, options="--gaussian-std 5"),
          "sclip has no option 'gaussian_std'"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ovss.errors import InputError
-from ovss.vocabulary import Vocabulary, packaged_class_file, parse_classes, read_class_file
+from ovss.vocabulary import Vocabulary, classes_argument, packaged_class_file, parse_classes, read_class_file
 
 
 def test_comma_separated_string():
@@ -18,11 +20,11 @@ def test_comma_separated_string():
 def test_file_with_synonyms(tmp_path):
     f = tmp_path / "classes.txt"
     f.write_text("person, man, woman\n\ncar\ntv monitor; television\n")
-    v = parse_classes(str(f))
+    v = parse_classes(f)  # a Path: a file asked for explicitly
     assert v.names == ("person", "car", "tv monitor")
     assert v.query_words == ["person", "man", "woman", "car", "tv monitor", "television"]
     assert v.query_index == [0, 0, 0, 1, 2, 2]
-    assert parse_classes(f) == v
+    assert classes_argument(f"@{f}") == v  # --classes @FILE
     assert parse_classes(f.read_text()) == v  # multi-line text: same format
 
 
@@ -42,6 +44,8 @@ def test_bad_class_lists(bad, msg):
 
 def test_missing_class_file():
     with pytest.raises(InputError, match="not found"):
+        parse_classes(Path("no_such_file.txt"))
+    with pytest.raises(InputError, match="looks like a file name"):  # text is never opened as a file
         parse_classes("no_such_file.txt")
 
 

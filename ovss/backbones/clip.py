@@ -14,8 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,10 +24,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
+from ..download import download_url, url_reachable
 from ..errors import ModelLoadError, UnknownNameError, did_you_mean
 from ..fileio import atomic_write_text, cache_root
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass
@@ -71,12 +71,20 @@ def resolve_model_name(model: str) -> tuple[str, dict[str, Any]]:
         if not path.is_file():
             raise UnknownNameError(f"model config file not found: {model}")
         try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UnknownNameError(f"model config {model} is not valid JSON: {exc}") from None
-        if "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
             raise UnknownNameError(f"{model} is not an open_clip model config "
                                    "(it needs 'embed_dim', 'vision_cfg' and 'text_cfg')")
+        for where, part in (("", cfg), ("vision_cfg.", cfg["vision_cfg"]), ("text_cfg.", cfg["text_cfg"])):
+            for key in ("embed_dim", "layers", "width", "heads", "head_width", "patch_size", "image_size",
+                        "context_length", "vocab_size", "mlp_ratio"):
+                vals = part.get(key) if isinstance(part, dict) else None
+                vals = vals if isinstance(vals, (list, tuple)) else [vals]
+                if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not v > 0 for v in vals):
+                    raise UnknownNameError(f"model config {model}: {where}{key} is {part[key]}; sizes must be "
+                                           "positive")
         open_clip.add_model_config(path)
         return path.stem, cfg
     name = model.replace("/", "-")  # "ViT-B/16" (OpenAI spelling) -> "ViT-B-16"
@@ -95,33 +103,10 @@ def hub_reachable(timeout: float = 1.0) -> bool:
     return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
-def url_reachable(url: str, timeout: float = 1.0) -> bool:
-    """True when the host of ``url`` answers a TCP connection within ``timeout`` seconds."""
-    parts = urlparse(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    # the name lookup has no timeout of its own (a dead DNS server blocks for many seconds):
-    # resolve in a daemon thread and give up after ``timeout``
-    found: list[Any] = []
-    lookup = threading.Thread(target=lambda: found.append(_resolve(parts.hostname, port)), daemon=True)
-    lookup.start()
-    lookup.join(timeout)
-    if not found or not found[0]:
-        return False
-    family, kind, proto, _, address = found[0][0]
-    try:
-        with socket.socket(family, kind, proto) as sock:
-            sock.settimeout(timeout)
-            sock.connect(address)
-            return True
-    except OSError:
-        return False
-
-
 def fetch_url(url: str, flag: str) -> Path:
     """Local copy of a checkpoint URL, downloaded once into torch's hub cache
-    (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it).
+    (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it) with
+    :func:`ovss.download.download_url` (resumable, atomic, progress bar).
 
     Raises:
         ModelLoadError: the file is not cached and cannot be downloaded (says how to pass a
@@ -134,20 +119,11 @@ def fetch_url(url: str, flag: str) -> Path:
              f"/path/to/{target.name} (or put it in {target.parent})")
     if not url_reachable(url):
         raise ModelLoadError(f"cannot download {url} (no network?): {help_}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(target), progress=True)
-    except Exception as exc:
-        raise ModelLoadError(f"could not download {url}: {str(exc).splitlines()[0] if str(exc) else exc}; "
-                             f"{help_}") from None
+        download_url(url, target)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}; {help_}") from None
     return target
-
-
-def _resolve(host: str, port: int) -> list[Any]:
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
 
 
 @contextlib.contextmanager
@@ -178,78 +154,6 @@ def offline_help(what: str, flag: str = "--pretrained") -> str:
     return (f"cannot download {what} from the Hugging Face hub (no network?). Download the "
             f"weights on a machine with network access and pass the file with {flag} "
             "/path/to/weights.safetensors (or copy the hub cache to HF_HOME)")
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict (CPU tensors).
-
-    Accepts safetensors, torch pickles holding a state dict (optionally under 'state_dict' or
-    'model'), and TorchScript archives such as OpenAI's released ``ViT-B-16.pt``.
-
-    Raises:
-        ModelLoadError: the file is missing or cannot be read as a checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception:
-                try:
-                    sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-                except Exception:
-                    sd = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
-
-
-def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: tuple[str, ...] = (),
-              assign: bool = False) -> None:
-    """Load ``sd`` strictly into ``module``, raising one readable error on any mismatch.
-
-    With ``assign`` the module takes ``sd``'s tensors themselves instead of copying them into its own
-    (``nn.Module.load_state_dict(assign=True)``): no copy, and the module's parameters may be
-    uninitialised (:func:`no_init`).
-
-    Raises:
-        ModelLoadError: keys are missing or unexpected, or a tensor has the wrong shape.
-    """
-    sd = {k: v for k, v in sd.items() if k not in drop}
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ModelLoadError(f"{what}: the checkpoint does not fit this architecture: "
-                             + "; ".join(parts) + ". Check that the model name or config "
-                             "matches the checkpoint")
-    module.load_state_dict(sd, strict=True, assign=assign)
 
 
 #: ``torch.nn.init`` functions that :func:`no_init` turns off (every initialiser torch's layers
@@ -422,15 +326,20 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
             identity: dict[str, Any] | None = file_identity(pretrained)  # before reading: see remembered_fingerprint
         except OSError:
             identity = None  # the reader says what is wrong with the path
-        sd = load_state_dict_file(pretrained)  # safetensors: memory-mapped, no copy
+        sd = load_state_dict(pretrained)  # the safe reader; safetensors memory-mapped
         if not any(k.startswith("visual.") for k in sd):
             raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
                                  "(no 'visual.*' keys): is it the right file?")
-        sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
         # the checkpoint replaces every parameter: build the network without random initialisation
         # and take the checkpoint's tensors as they are (assign: no copy)
         with _quiet_open_clip(), no_init():
             net = open_clip.create_model(name, pretrained=None)
+        if "input_resolution" in sd and not _quick_gelu(net):
+            # OpenAI's release files (the only ones with these keys) hold QuickGELU networks
+            warnings.warn(f"{pretrained} is an OpenAI CLIP release, trained with QuickGELU, but model {name!r} "
+                          f"uses GELU: pass model={name + '-quickgelu'!r} (or a config with "
+                          '"quick_gelu": true) for its numbers', stacklevel=2)
+        sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
         load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
                   f"{pretrained} into {name}", assign=True)
         fingerprint = ""
@@ -447,6 +356,21 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
     return LoadedCLIP(net, LazyTokenizer(name), name, pretrained or "", fingerprint, cfg)
 
 
+def _quick_gelu(net: nn.Module) -> bool:
+    return any(type(m).__name__ == "QuickGELU" for m in net.modules())
+
+
+def hub_model_kwargs(name: str, tag: str) -> dict[str, Any]:
+    """Keywords ``open_clip.create_model(name, pretrained=tag)`` needs to build the network the weights
+    were trained as: OpenAI's CLIPs use QuickGELU (Radford et al. 2021; ``clip/model.py::QuickGELU``), which
+    open_clip's plain configs (``ViT-B-16``, ``RN50``...) no longer set, so it warns and builds GELU unless
+    asked (``force_quick_gelu``, from the tag's own ``quick_gelu``). The official SCLIP / ClearCLIP / NACLIP /
+    ProxyCLIP code loads OpenAI's CLIP with QuickGELU."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return {"force_quick_gelu": True} if get_pretrained_cfg(name, tag).get("quick_gelu") else {}
+
+
 def _create_from_hub(name: str, tag: str) -> nn.Module:
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
@@ -460,7 +384,7 @@ def _create_from_hub(name: str, tag: str) -> nn.Module:
     ctx = hub_offline() if cached else contextlib.nullcontext()
     try:
         with ctx, _quiet_open_clip():
-            return open_clip.create_model(name, pretrained=tag)
+            return open_clip.create_model(name, pretrained=tag, **hub_model_kwargs(name, tag))
     except Exception as exc:
         raise ModelLoadError(f"could not load {name} pretrained={tag!r}: "
                              f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}. "

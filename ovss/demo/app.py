@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -40,7 +42,7 @@ from ..protocols import DATASETS
 from ..registry import available_methods, method_class, method_info, method_options, parse_options
 from ..segmenter import SegmentationResult, Segmenter
 from ..visualize import palette
-from ..vocabulary import Vocabulary, parse_classes
+from ..vocabulary import BOM, Vocabulary, looks_like_file_name, parse_classes
 
 log = logging.getLogger("ovss.demo")
 
@@ -77,8 +79,13 @@ class DemoConfig:
         max_queue: requests that may wait; more get "the queue is full".
         max_models: loaded models kept in memory (least recently used are dropped).
         max_megapixels: largest photo accepted.
-        lock_model: visitors cannot change model, weights, device or method options (for
-            demos open to others: those fields take file paths on the server).
+        lock_model: visitors cannot change model, weights, device or method options.
+        models_dir: the only folder whose files visitors may name as model, weights, config,
+            checkpoint or any other file option (relative names are looked up in it); None: no
+            file of the server at all, only model names (open_clip names and tags, hub ids, zoo
+            names) and the defaults given here (:func:`check_file_options`).
+        max_short_side: largest short side a visitor may ask for, pixels (the network input
+            grows with its square).
     """
 
     model: str = "ViT-B-16"
@@ -90,6 +97,8 @@ class DemoConfig:
     max_models: int = 2
     max_megapixels: float = 40.0
     lock_model: bool = False
+    models_dir: str | None = None
+    max_short_side: int = 1024
 
 
 # --------------------------------------------------------------------------- models
@@ -196,11 +205,15 @@ def method_kwargs(method: str, model: str | None, pretrained: str | None, device
 
 
 def custom_settings(short_side: float | str | None, crop: float | str | None,
-                    stride: float | str | None) -> dict[str, Any]:
+                    stride: float | str | None, max_short_side: int | None = None) -> dict[str, Any]:
     """The custom-settings boxes as constructor options (blank: None, the protocol's value).
 
+    Args:
+        max_short_side: largest short side accepted (the page's :attr:`DemoConfig.max_short_side`).
+
     Raises:
-        InputError: a negative or non-integer value, or stride 0 with a crop.
+        InputError: a negative or non-integer value, a short side over ``max_short_side``, or a
+            stride below a quarter of the crop (16 times the windows of the usual half-crop stride).
     """
     out: dict[str, Any] = {}
     for name, value, least in (("short_side", short_side, 1), ("crop", crop, 0), ("stride", stride, 1)):
@@ -214,7 +227,91 @@ def custom_settings(short_side: float | str | None, crop: float | str | None,
         if not v.is_integer() or v < least:
             raise InputError(f"{name.replace('_', ' ')} must be a whole number >= {least} (pixels), got {value}")
         out[name] = int(v)
+    if max_short_side is not None and out["short_side"] is not None and out["short_side"] > max_short_side:
+        raise InputError(f"short side must be at most {max_short_side} px on this page, got {out['short_side']}")
+    if out["crop"] and out["stride"] is not None and out["stride"] * 4 < out["crop"]:
+        raise InputError(f"stride must be at least a quarter of the crop on this page ({-(-out['crop'] // 4)} px "
+                         f"for crop {out['crop']}), got {out['stride']}")
     return out
+
+
+# --------------------------------------------------------------------------- files visitors may name
+#: suffixes of files a value may name (weights, configs, class lists, prompt lists)
+FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".npz", ".npy", ".json", ".yaml", ".yml",
+                 ".txt", ".csv", ".onnx", ".h5", ".msgpack")
+#: a Hugging Face hub repository id (``Salesforce/blip-itm-large-coco``), not a path
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]$")
+
+
+def is_path_like(value: str) -> bool:
+    """Whether a text value may be read as a path or a URL by the loaders: it exists on the server
+    (relative to the working folder), is absolute, starts with ``.`` or ``~``, holds a backslash, a
+    URL scheme or a folder separator (other than a hub id ``org/name``), or ends with a file suffix.
+    ``hf-hub:org/name`` (open_clip) and ``hf_hub:org/name`` (timm) are hub names."""
+    v = value.strip()
+    for scheme in ("hf-hub:", "hf_hub:"):  # open_clip's and timm's spelling of a hub model
+        if v.startswith(scheme):
+            return not HUB_ID.match(v[len(scheme):])
+    try:
+        exists = os.path.lexists(v)
+    except (OSError, ValueError):
+        exists = True  # a name the file system chokes on is no model name either
+    return (exists or os.path.isabs(v) or v.startswith((".", "~")) or "\\" in v or "://" in v
+            or ("/" in v and not HUB_ID.match(v)) or Path(v).suffix.lower() in FILE_SUFFIXES)
+
+
+def check_file_options(method: str, kwargs: dict[str, Any], config: DemoConfig) -> dict[str, Any]:
+    """Refuse every option value of a request that names a file or URL on the server, unless it is
+    under ``config.models_dir`` (then it is replaced by its resolved path), or a default the
+    operator or the method set. Model names, hub ids and zoo names pass.
+
+    Raises:
+        InputError: a path outside the models folder (or any path without one), a URL, a file
+            that does not exist under the models folder.
+    """
+    trusted = {config.model, config.pretrained}
+    for spec in method_options(method).values():
+        if isinstance(spec.default, (str, Path)):
+            trusted.add(str(spec.default))
+    out = dict(kwargs)
+    for name, value in kwargs.items():
+        if not isinstance(value, (str, Path)) or str(value) in trusted or not is_path_like(str(value)):
+            continue
+        text = str(value).strip()
+        flag = name.replace("_", " ")
+        if "://" in text:
+            raise InputError(f"{flag}: this page downloads no URLs; use a model name, or a file in the models folder")
+        if config.models_dir is None:
+            raise InputError(f"{flag}: this page loads no files from the server, only model names (the server can "
+                             "allow a folder of models with ovss demo --models-dir DIR)")
+        root = Path(os.path.realpath(Path(config.models_dir).expanduser()))
+        target = Path(os.path.realpath(root / Path(text).expanduser()))  # an absolute path replaces root
+        if not (target == root or root in target.parents) or not target.exists():
+            raise InputError(f"{flag}: {Path(text).name!r} is not a file of this page's models folder "
+                             "(files are looked up by their name inside it)")
+        out[name] = str(target)
+    return out
+
+
+def check_models_dir(models_dir: str | None) -> None:
+    """Refuse a models folder that holds the folders gradio writes visitors' uploads to (or the
+    page its results), so no uploaded file can be named as a model.
+
+    Raises:
+        InputError: not a folder, or it holds an upload folder.
+    """
+    if models_dir is None:
+        return
+    root = Path(os.path.realpath(Path(models_dir).expanduser()))
+    if not root.is_dir():
+        raise InputError(f"--models-dir {models_dir} is not a folder")
+    from gradio.utils import get_upload_folder
+
+    for where in (get_upload_folder(), str(WORK_DIR), tempfile.gettempdir()):
+        w = Path(os.path.realpath(where))
+        if w == root or root in w.parents:
+            raise InputError(f"--models-dir {models_dir} holds {w}, where visitors' uploads or the page's "
+                             "results are written: give a folder of model files only")
 
 
 # --------------------------------------------------------------------------- input checks
@@ -264,7 +361,10 @@ def check_classes(text: str | None, dataset: str | None) -> Vocabulary | None:
             return None
         raise InputError("the class list is empty: type what to look for, e.g. \"cat, sofa, window\" "
                          "(or pick a dataset protocol to use its classes)")
-    return parse_classes(text.strip())
+    text = text.strip().lstrip(BOM)
+    if "\n" not in text and "," not in text and looks_like_file_name(text):
+        raise InputError("this page reads no files: type the class names, separated by commas or one a line")
+    return parse_classes(text)  # text only: parse_classes never opens a file for a string
 
 
 def _threshold(value: float | str | None) -> float | None:
@@ -447,8 +547,9 @@ class DemoBackend:
         cfg = self.config
         if cfg.lock_model:
             model, pretrained, device, options = cfg.model, cfg.pretrained, cfg.device, ""
-        return method_kwargs(method, model, pretrained, device, dataset,
-                             custom_settings(short_side, crop, stride), options)
+        kwargs = method_kwargs(method, model, pretrained, device, dataset,
+                               custom_settings(short_side, crop, stride, cfg.max_short_side), options)
+        return check_file_options(method, kwargs, cfg)
 
     def run(self, photo: str | None, classes: str | None, background: str | None, prob_threshold: Any,
             method: str, model: str | None, pretrained: str | None, device: str | None, dataset: str | None,
@@ -472,8 +573,10 @@ class DemoBackend:
         try:
             seg, load_s = self.cache.get(method, kwargs)
         except ModelLoadError as exc:
-            raise ModelLoadError(f"{exc}. In this page: type the path of a local checkpoint into "
-                                 "the 'pretrained' box (or start ovss demo with --pretrained /path)") from None
+            where = ("type the file name of a checkpoint of the models folder into the 'pretrained' box"
+                     if self.config.models_dir and not self.config.lock_model
+                     else "start ovss demo with --pretrained /path (or --models-dir DIR)")
+            raise ModelLoadError(f"{exc}. In this page: {where}") from None
         step(0.5, desc=f"segmenting with {method}")
         assert photo is not None
         rgb = decode_photo(seg, photo)
@@ -626,6 +729,7 @@ def build_demo(model: str | None = None, pretrained: str | None = _UNSET, device
     if over:
         cfg = DemoConfig(**{**cfg.__dict__, **over})
     method_info(cfg.method)
+    check_models_dir(cfg.models_dir)
     backend = DemoBackend(cfg, cache)
     methods = [(f"{m} — {method_info(m).summary}", m) for m in available_methods()]
     editable = not cfg.lock_model
@@ -653,11 +757,15 @@ def build_demo(model: str | None = None, pretrained: str | None = _UNSET, device
                 with gr.Accordion("backbone and settings", open=False):
                     with gr.Row():
                         model_box = gr.Textbox(value=cfg.model, label="model", interactive=editable,
-                                               info="open_clip name (ViT-B-16) or model-config JSON",
+                                               info="open_clip name (ViT-B-16)" + (
+                                                   " or a model-config JSON of the models folder"
+                                                   if cfg.models_dir else ""),
                                                elem_id="ovss-model")
                         pretrained_box = gr.Textbox(value=cfg.pretrained or "", label="pretrained",
                                                     interactive=editable, elem_id="ovss-pretrained",
-                                                    info="tag (openai, laion2b_s34b_b88k) or local checkpoint path")
+                                                    info="tag (openai, laion2b_s34b_b88k)" + (
+                                                        " or a checkpoint of the models folder"
+                                                        if cfg.models_dir else ""))
                         device_box = gr.Dropdown(_devices(), value=cfg.device, label="device", allow_custom_value=True,
                                                  interactive=editable, elem_id="ovss-device")
                     dataset_box = gr.Dropdown(_datasets_for(cfg.method), value=NO_DATASET, label="dataset protocol",
@@ -666,7 +774,8 @@ def build_demo(model: str | None = None, pretrained: str | None = _UNSET, device
                                                    "(leave the classes empty to use its class names)",
                                               elem_id="ovss-dataset")
                     with gr.Row():
-                        short_side = gr.Textbox(label="short side (px)", placeholder="protocol's",
+                        short_side = gr.Textbox(label=f"short side (px, at most {cfg.max_short_side})",
+                                                placeholder="protocol's",
                                                 elem_id="ovss-short-side")
                         crop = gr.Textbox(label="crop (px, 0: whole image)", placeholder="protocol's",
                                           elem_id="ovss-crop")

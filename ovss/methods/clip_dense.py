@@ -456,6 +456,13 @@ class DenseCLIPSegmenter(Segmenter):
             out = []
             for image in images:
                 _, _, h, w = image.shape
+                pad = self.thin_padding(h, w)
+                if any(pad):  # thinner than a patch (the official code raises): pad, then crop the logits back
+                    logits = torch.einsum("behw,qe->bqhw", self.features(F.pad(image, pad)), text)
+                    logits = F.interpolate(logits, size=(h + pad[2] + pad[3], w + pad[0] + pad[1]),
+                                           mode="bilinear", align_corners=False)
+                    out.append(logits[0, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w])
+                    continue
                 logits = torch.einsum("behw,qe->bqhw", self.features(image), text)
                 if self.whole_image_via_input:
                     logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
@@ -506,10 +513,20 @@ class DenseCLIPSegmenter(Segmenter):
     def window_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding of an h x w window before the network
         (``protocol.pad_crops``: centred, to a multiple of the patch size, as ClearCLIP does);
-        the logits are cropped back to the window afterwards."""
-        if not self.protocol.pad_crops:
+        the logits are cropped back to the window afterwards. Without ``pad_crops`` a window (or a
+        whole image) thinner than one patch, where the official code raises (a 1 x 300 photo resized
+        to 7 x 2048), is padded the same way up to one patch; every other window is left as it is."""
+        if self.protocol.pad_crops:
+            return centred_padding(h, w, patch_size(self.clip.visual)[0])
+        return self.thin_padding(h, w)
+
+    def thin_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) centred zero padding that brings a side shorter than one patch
+        up to one patch; (0, 0, 0, 0) when both sides have at least a patch."""
+        patch = patch_size(self.clip.visual)[0]
+        if h >= patch and w >= patch:
             return (0, 0, 0, 0)
-        return centred_padding(h, w, patch_size(self.clip.visual)[0])
+        return centred_padding(min(h, patch), min(w, patch), patch)
 
     def refine(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """PAMR on (Q, H, W) logits when the protocol enables it (guide: the network input

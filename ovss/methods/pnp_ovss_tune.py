@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from ..constants import CLIP_MEAN, CLIP_STD
 from ..errors import InputError, OvssError
+from ..fileio import atomic_write_text
 from .pnp_ovss import PnPOVSS, caption_pieces, lookup_image_id, merge_mean, merge_official, parse_gpt4o_entry, preprocess
 
 TOKEN_CONTRAST_GRID = 24  # official: Attmap_resize((24, 24), pms)
@@ -149,11 +150,14 @@ def _grid(values: str, cast: type) -> list[Any]:
         part = part.strip()
         if not part:
             continue
-        if "-" in part and cast is int:
-            lo, hi = part.split("-")
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(cast(part))
+        try:
+            if "-" in part and cast is int:
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(cast(part))
+        except ValueError:
+            raise InputError(f"bad sweep range {values!r}: give numbers like '8', '6-10' or '0.1,0.2'") from None
     if not out:
         raise InputError(f"empty sweep range {values!r}")
     return out
@@ -254,7 +258,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ovss pnp-tune") -> int:
     ``ovss segment --method pnp_ovss`` options that use it, and write every score as JSON."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", nargs="+", required=True, help="image files or folders (no labels needed)")
-    ap.add_argument("--classes", default=None, help="class names (comma separated or a class file)")
+    ap.add_argument("--classes", default=None, help="class names (comma separated, or @FILE for a class file)")
     ap.add_argument("--dataset", default=None, help="PnP-OVSS protocol (voc21, context59, ...)")
     ap.add_argument("--class-lists", default=None, help="official GPT-4o per-image class JSON")
     ap.add_argument("--model", default="Salesforce/blip-itm-large-coco")
@@ -271,14 +275,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "ovss pnp-tune") -> int:
     args = ap.parse_args(argv)
     try:
         from ..backbones.clip import load_clip
+        from ..fileio import ensure_output_dir
         from ..imageio import list_images
+        from ..vocabulary import classes_argument
 
+        # the inputs and the output first: loading BLIP and CLIP (or finding the hub unreachable) takes long
+        images = list_images(args.images)
+        classes = classes_argument(args.classes) if args.classes is not None else None
+        grid = (_grid(args.layers, int), _grid(args.heads, int), _grid(args.min_att, float))
+        if args.output:
+            if Path(args.output).is_dir():
+                raise InputError(f"--output {args.output} is a folder: give a JSON file name")
+            ensure_output_dir(Path(args.output).parent, "--output")
         seg = PnPOVSS(model=args.model, dataset=args.dataset, image_size=args.image_size, device=args.device,
                       crf=False, class_lists=args.class_lists)
         clip = load_clip(args.clip_model, args.clip_pretrained, args.device)
-        results = sweep(seg, list_images(args.images), clip, classes=args.classes,
-                        layers=_grid(args.layers, int), heads=_grid(args.heads, int),
-                        min_atts=_grid(args.min_att, float), negative=args.negative,
+        results = sweep(seg, images, clip, classes=classes,
+                        layers=grid[0], heads=grid[1], min_atts=grid[2], negative=args.negative,
                         max_settings=args.max_settings)
     except OvssError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -290,7 +303,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ovss pnp-tune") -> int:
     print(f"use it: ovss segment ... --method pnp_ovss --layer {best.setting.layer} "
           f"--head {best.setting.head} --threshold {best.setting.min_att:g}")
     if args.output:
-        Path(args.output).write_text(json.dumps([{**asdict(r.setting), "reward": r.reward,
+        atomic_write_text(args.output, json.dumps([{**asdict(r.setting), "reward": r.reward,
                                                   "reward_scaled": r.reward_scaled,
                                                   "max_reward": r.max_reward, "per_image": r.per_image}
                                                  for r in results], indent=1))
