@@ -60,36 +60,45 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(cfg["threads"])
     import ovss
 
-    out: dict[str, Any] = {"method": cfg["method"], "import_s": time.perf_counter() - t, "load_start": load()}
+    out: dict[str, Any] = {"method": cfg["method"], "import_s": time.perf_counter() - t, "load_start": load(),
+                           "import_cpu_s": time.process_time()}
     kw = dict(cfg["kwargs"])
 
-    def construct() -> tuple[Any, float]:
-        t0 = time.perf_counter()
+    cpu: dict[str, Any] = {}  # CPU seconds of this process (all threads): the work, whatever the load
+
+    def construct(key: str) -> tuple[Any, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         seg = ovss.create_segmenter(cfg["method"], **kw)
         if hasattr(seg, "text_embeddings"):  # the protocol's classifier, as the official constructors build it
             seg.text_embeddings(seg.vocabulary())
+        cpu[key] = time.process_time() - c0
         return seg, time.perf_counter() - t0
 
-    def predict(seg: Any, image: Any) -> tuple[Any, float]:
-        t0 = time.perf_counter()
+    def predict(seg: Any, image: Any, key: str = "") -> tuple[Any, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         res = seg.predict(image)
+        if key:
+            cpu.setdefault(key, []).append(time.process_time() - c0)
         return res, time.perf_counter() - t0
 
-    seg, out["construct_cold_s"] = construct()
-    _, out["first_predict_s"] = predict(seg, cfg["image"])
+    seg, out["construct_cold_s"] = construct("construct_cold")
+    _, out["first_predict_s"] = predict(seg, cfg["image"], "first")
     out["cold_s"] = out["import_s"] + out["construct_cold_s"] + out["first_predict_s"]
     del seg
     import gc
 
     gc.collect()
-    seg, out["construct_warm_s"] = construct()
+    seg, out["construct_warm_s"] = construct("construct_warm")
     times = []
     res = None
     for _ in range(cfg["repeats"]):
-        res, dt = predict(seg, cfg["image"])
+        res, dt = predict(seg, cfg["image"], "predict")
         times.append(dt)
     out["predict_s"] = times
     out["predict_median_s"] = statistics.median(times)
+    out["cpu_s"] = {"import": out["import_cpu_s"], "construct_cold": cpu["construct_cold"], "first": cpu["first"][0],
+                    "construct_warm": cpu["construct_warm"], "predict_median": statistics.median(cpu["predict"])}
+    out["cpu_s"]["cold"] = out["cpu_s"]["import"] + out["cpu_s"]["construct_cold"] + out["cpu_s"]["first"]
     np.savez(cfg["save"], scores=res.scores.numpy(),
              labels=(res.labels.numpy() if res.labels is not None else np.zeros(0)),
              classes=np.array([str(c) for c in res.classes]))
@@ -231,20 +240,27 @@ def official_table(rows: dict[str, dict[str, Any]], work: Path, official_sclip: 
     return "\n".join(lines)
 
 
+def cpu_cells(r: dict[str, Any]) -> str:
+    c = r.get("cpu_s")
+    if not c:
+        return "–"
+    return f"{c['cold']:.1f} / {c['construct_warm']:.2f} / {c['predict_median']:.2f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | protocol | import (s) | cold run (s) | construction, warm cache (s) | first predict (s) "
              "| warm predict (s) | images/s one by one | images/s predict_batch | batch / single "
-             "| peak RSS (MiB) | load (1-min avg, start -> end) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS (MiB) | CPU s: cold / warm construction / warm predict | load (1-min avg, start -> end) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r.get('dataset')} | failed: {r['error'][:80]} |" + " |" * 9)
+            lines.append(f"| {r['method']} | {r.get('dataset')} | failed: {r['error'][:80]} |" + " |" * 10)
             continue
         lines.append(
             f"| {r['method']} | {r['dataset']} | {r['import_s']:.1f} | {r['cold_s']:.1f} | {r['construct_warm_s']:.2f} "
             f"| {r['first_predict_s']:.2f} | {r['predict_median_s']:.2f} | {r['single_images_per_s']:.3f} "
             f"| {r['batch_images_per_s']:.3f} | {r['batch_images_per_s'] / r['single_images_per_s']:.2f} "
-            f"| {r['peak_rss_mib']:.0f} | {r['load_start'].split()[0]} -> {r['load_end'].split()[0]} |")
+            f"| {r['peak_rss_mib']:.0f} | {cpu_cells(r)} | {r['load_start'].split()[0]} -> {r['load_end'].split()[0]} |")
     return "\n".join(lines)
 
 

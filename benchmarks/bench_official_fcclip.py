@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     args = ap.parse_args()
+    args.work = args.work.resolve()
+    args.image = str(Path(args.image).resolve())
+    os.chdir(FCCLIP_ROOT)  # the official class files are opened (at import) relative to the working directory
     t = time.perf_counter()
     stand_ins()
     import torch
@@ -84,7 +87,6 @@ def main() -> None:
     clip_pt = out_dir / "convnext_large_d_320.pt"
     if not clip_pt.is_file():
         torch.save(load_file(str(args.work / "convnext_large_d_320.safetensors")), clip_pt)
-    os.chdir(FCCLIP_ROOT)  # the official class files are opened relative to the working directory
     t = time.perf_counter()
     cfg = get_cfg()
     add_deeplab_config(cfg)
