@@ -204,3 +204,27 @@ def test_training_steps_match_the_official_code(cs_dir: Path, tmp_path: Path) ->
             assert have["update"][n] == pytest.approx(want["update_norm"][n], rel=1e-3, abs=1e-12), (step, n)
         for n in man["sampled"]:
             assert fp32_close(have["weights"][n], ref[f"step{step}/{n}"], atol=1e-7, rtol=1e-5), (step, n)
+
+
+def test_mapper_matches_the_official_semantic_mapper(tmp_path: Path) -> None:
+    """``MaskFormerSemanticDatasetMapper`` as the CAT-Seg config sets it (resize 384, 384 crop, SSD colour,
+    flip, pad to 384), both sides seeded alike: the same image bytes and labels."""
+    from ovss.imageio import read_image_d2
+    from ovss.training.augment import AugRandom, maskformer_semantic
+    from ovss.training.cat_seg_train import CATSegTrainOptions, semantic_aug
+
+    man = json.loads((FIXTURE / "manifest.json").read_text())
+    ref = np.load(FIXTURE / "cat_seg_train_steps.npz")
+    aug = semantic_aug(CATSegTrainOptions())
+    inp = man["config"]["INPUT"]
+    assert (list(aug.min_sizes), aug.max_size, list(aug.crop), aug.color_aug_ssd, aug.size_divisibility) == (
+        inp["MIN_SIZE_TRAIN"], inp["MAX_SIZE_TRAIN"], inp["CROP"]["SIZE"], inp["COLOR_AUG_SSD"], inp["SIZE_DIVISIBILITY"])
+    for k, case in enumerate(man["mapper_cases"]):
+        i = case["source"]
+        (tmp_path / f"{i}.jpg").write_bytes(ref[f"source{i}/jpeg"].tobytes())
+        (tmp_path / f"{i}.png").write_bytes(ref[f"source{i}/png"].tobytes())
+        img = read_image_d2(tmp_path / f"{i}.jpg")
+        lab = np.asarray(Image.open(tmp_path / f"{i}.png"))
+        out_img, out_lab = maskformer_semantic(img, lab, AugRandom.from_seed(case["seed"]), aug)
+        np.testing.assert_array_equal(out_img.transpose(2, 0, 1), ref[f"mapper{k}/image"], err_msg=str(case))
+        np.testing.assert_array_equal(out_lab, ref[f"mapper{k}/sem_seg"], err_msg=str(case))

@@ -130,6 +130,15 @@ def read_class_names(path: str | Path | None) -> list[str]:
     return read_names(path)
 
 
+def semantic_aug(opts: CATSegTrainOptions) -> SemanticAug:
+    """The ``INPUT.*`` of the semantic mapper for these options (``configs/config.yaml:42-57`` with
+    ``vitb_384.yaml``: short side 384 of at most 1333, 384 crop, SSD colour augmentation, padding to
+    ``SIZE_DIVISIBILITY`` 384)."""
+    return SemanticAug(min_sizes=tuple(opts.min_sizes), max_size=opts.max_size, crop=(opts.crop_size, opts.crop_size),
+                       single_category_max_area=opts.single_category_max_area, color_aug_ssd=opts.color_aug_ssd,
+                       size_divisibility=opts.crop_size)
+
+
 def set_trainable(net: CATSegNet, clip_finetune: str = "attention") -> None:
     """``requires_grad`` as ``CATSeg.__init__`` sets it (``cat_seg_model.py:57-75``), on the official
     CLIP parameter names (q/k/v split): with "attention", a CLIP parameter trains when its name holds
@@ -298,10 +307,7 @@ class CATSegTask:
         self.clip_mean = torch.tensor(self.settings.clip_pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
         self.clip_std = torch.tensor(self.settings.clip_pixel_std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
         self.size_divisibility = int(self.settings.size_divisibility)
-        self.aug = SemanticAug(min_sizes=tuple(opts.min_sizes), max_size=opts.max_size,
-                               crop=(opts.crop_size, opts.crop_size),
-                               single_category_max_area=opts.single_category_max_area,
-                               color_aug_ssd=opts.color_aug_ssd, size_divisibility=opts.crop_size)
+        self.aug = semantic_aug(opts)
 
     # ---------------------------------------------------------------------------- construction
     def _variant(self) -> Any:
