@@ -59,9 +59,13 @@ def dense_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn: nn.MultiheadAttention = block.attn
     d = x.shape[-1]
     y = block.ln_1(x)
-    # packed in_proj_weight (open_clip), or the official split q/k/v weights (training, see split_qkv)
-    w_v = attn.in_proj_weight[2 * d:] if attn.in_proj_weight is not None else attn.v_proj_weight
-    v = F.linear(y, w_v, attn.in_proj_bias[2 * d:])
+    if attn.in_proj_weight is not None:  # open_clip's packed weights
+        v = F.linear(y, attn.in_proj_weight[2 * d:], attn.in_proj_bias[2 * d:])
+    else:
+        # split q/k/v (training, split_qkv): all three projected as forward_dense does (model_vpt.py:212-216),
+        # so the unused q and k weights stay in the graph with the official zero gradient (and DDP sees them)
+        w = torch.cat([attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight], 0)
+        v = F.linear(y, w, attn.in_proj_bias)[..., 2 * d:]
     v = F.linear(v, attn.out_proj.weight, attn.out_proj.bias) + x[:, :1]
     return v + block.mlp(block.ln_2(v))
 

@@ -280,19 +280,25 @@ class CATSegTask:
         torch.manual_seed(opts.seed)  # fresh aggregator weights: the same for every rank
         if opts.init:
             sd = read_checkpoint(opts.init)
-            arch, self.settings = resolve_config(sd, d2 if d2 is not None else None)
+            arch, self.settings = resolve_config(sd, d2)
             pool = opts.pooling_size or (tuple(arch_from_d2(d2).pooling_size) if d2 is not None else (2, 2))
             clip = load_clip(self._clip_name(), None)
             self.net = build_catseg(sd, clip.model, arch, self.settings, Path(opts.init).name,
                                     pooling_size=tuple(pool))  # type: ignore[arg-type]
             del sd
         else:
-            released_arch, released_settings = RELEASED["vitb_384"]
-            self.settings = settings_from_d2(d2, str(opts.config)) if d2 is not None else released_settings
-            arch = arch_from_d2(d2, released_arch) if d2 is not None else replace_pool(released_arch, (2, 2))
+            # sizes and settings: the config's, else the released config of the CLIP's width (vitb_384 / vitl_336)
+            self.settings = settings_from_d2(d2, str(opts.config)) if d2 is not None else RELEASED["vitb_384"][1]
+            clip = load_clip(self._clip_name(), opts.pretrained)
+            width = int(clip.model.visual.conv1.out_channels)
+            row = RELEASED["vitl_336" if width == 1024 else "vitb_384"]
+            if d2 is None:
+                self.settings = row[1]
+                arch = replace_pool(row[0], (2, 2))  # configs/vitb_384.yaml, vitl_336.yaml: POOLING_SIZES [2, 2]
+            else:
+                arch = arch_from_d2(d2, row[0])
             if opts.pooling_size:
                 arch = replace_pool(arch, opts.pooling_size)
-            clip = load_clip(self._clip_name(), opts.pretrained)
             variant = self._variant()
             self.net = CATSegNet(clip=clip.model, config=arch, clip_resolution=variant.resolution,
                                  hook_layers=variant.hook_layers)
