@@ -74,4 +74,4 @@ def test_prompt_crops_match_zsseg_mapper(fixture) -> None:
                 assert out is not None, tag
                 assert np.array_equal(out[0].transpose(2, 0, 1), z[f"prompt_image_{tag}"]), tag
                 assert np.array_equal(out[1][None], z[f"prompt_mask_{tag}"]), tag
-    assert nones < len(man["shapes"]) * len(cfg["categories"]) * len(man["seeds"])
+    assert 0 < nones < len(man["shapes"]) * len(cfg["categories"]) * len(man["seeds"])
