@@ -335,6 +335,9 @@ def test_train_reports_bad_input_in_one_line(tmp_path: Path) -> None:
                                    "--output", str(tmp_path / "o"), "--device", "cpu", "--batch-size", "3",
                                    "--accumulation", "2"])
     assert res.exit_code == 2 and "error" in res.output
+    res = CliRunner().invoke(app, ["train", "zsseg", "--images", str(tmp_path), "--labels", str(tmp_path), "--output",
+                                   str(tmp_path / "o"), "--device", "cpu", "--prompt", "learnable"])
+    assert res.exit_code == 2 and "--prompt learnable needs --prompt-checkpoint" in res.output
 
 
 # ------------------------------------------------------------------ evaluation, ZSSeg's two stages
