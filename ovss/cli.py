@@ -290,7 +290,7 @@ def pnp_tune(ctx: typer.Context) -> None:
 def _register_subcommands() -> None:
     import importlib
 
-    for module in ("ovss.evaluation.cli", "ovss.training.cli"):
+    for module in ("ovss.evaluation.cli", "ovss.data.cli", "ovss.training.cli", "ovss.zoo_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -97,7 +97,9 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
 
     Common options: ``model``, ``pretrained``, ``dataset`` (official protocol and class file),
     ``device``, ``short_side``, ``max_long_side``, ``precision``, ``classes``, ``background``; each
-    method's class documents the rest (``ovss methods NAME`` lists them).
+    method's class documents the rest (``ovss methods NAME`` lists them). A file option may name a zoo entry
+    (``checkpoint="fcclip_cocopan"``, see ``ovss models``): :func:`ovss.zoo.resolve` downloads it on
+    first use and fills the ``model`` / ``pretrained`` / ``config`` that match it unless given.
 
     Raises:
         UnknownNameError: unknown method, model, tag or dataset protocol.
@@ -105,4 +107,6 @@ def create_segmenter(method: str, **kwargs: Any) -> Segmenter:
         ModelLoadError: weights unreachable or checkpoint of the wrong architecture.
     """
     kwargs = parse_options(method, kwargs)
-    return method_class(method)(**kwargs)
+    from .zoo import resolve  # zoo names in checkpoint= & co.: the cached file, matching model/pretrained
+
+    return method_class(method)(**resolve(method, kwargs))

@@ -180,7 +180,8 @@ def test_tiff_16bit_labels(tmp_path: Path) -> None:
 
 def test_class_lists_and_splits() -> None:
     counts = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81, "coco_stuff": 171,
-              "cityscapes": 19, "ade20k": 150, "ade847": 847, "context459": 459, "coco_panoptic": 133}
+              "cityscapes": 19, "ade20k": 150, "ade847": 847, "context459": 459, "coco_panoptic": 133,
+              "mapillary_vistas": 65}
     assert {n: get_dataset(n).num_classes for n in available_datasets()} == counts
     voc20 = get_dataset("voc20")
     assert [voc20.classes[i] for i in voc20.unseen_indices] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -188,6 +189,11 @@ def test_class_lists_and_splits() -> None:
     stuff = get_dataset("coco_stuff")
     assert len(stuff.unseen_indices) == 15 and stuff.num_classes - 15 == 156
     assert stuff.unseen_indices == [19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160]
+    # ZegFormer's ADE20K-Full frequency split: 275 rare classes unseen, 572 frequent + common seen
+    ade = get_dataset("ade847")
+    assert len(ade.unseen_indices) == 275 and len(set(ade.unseen_indices)) == 275
+    assert ade.unseen_indices[:5] == [166, 176, 193, 208, 264] and max(ade.unseen_indices) < 847
+    assert "wall" not in [ade.classes[i] for i in ade.unseen_indices]
     assert get_dataset("voc21").classes[0] == "background" and get_dataset("voc21").background == 0
     assert get_dataset("coco_object").classes[:2] == ("background", "person")
     assert get_dataset("ade20k").classes[:3] == ("wall", "building", "sky")

@@ -168,9 +168,9 @@ def test_importer_keys_and_text_tower(files, seg):
         if not k.startswith("criterion."):
             assert torch.equal(own[k], v.float()), k
     # the text tower and CLIP's logit scale come from the open_clip weights
-    from ovss.backbones.clip import load_state_dict_file
+    from ovss.checkpoints import load_state_dict
 
-    clip_sd = load_state_dict_file(files["pretrained"])
+    clip_sd = load_state_dict(files["pretrained"])
     assert torch.equal(own["backbone.clip_model.text_projection"], clip_sd["text_projection"])
     assert float(seg.backbone.logit_scale) == pytest.approx(4.75)
     assert seg.net.cfg.num_queries == 20 and seg.net.cfg.dec_layers == 4 and seg.net.cfg.nheads == 4

@@ -227,3 +227,60 @@ def test_voc20_protocol(zdir: Path, clip_files) -> None:
     assert len(names) == 20 and names[15] == "potted plant"
     assert seen.tolist() == [True] * 15 + [False] * 5
     assert (seg.short_side, seg.max_long_side, seg.gamma) == (512, 2048, 0.1)
+
+
+def test_ade847_frequency_split_protocol(zdir: Path, clip_files) -> None:
+    from ovss.methods.two_stage import class_strings
+
+    seg = ovss.create_segmenter("zegformer", model=clip_files[0], pretrained=clip_files[1],
+                                checkpoint=str(zdir / "zegformer_tiny_r101.pth"),
+                                config=str(zdir / "zegformer_tiny_config.json"), dataset="ade20k_full")
+    names = class_strings(seg.default_vocabulary())
+    seen = seg.seen_flags(names)
+    # register_ade20k_full_zero_freq.py: 847 classes in trainId order, 275 "rare" unseen, 572 seen
+    assert len(names) == 847 and int(seen.sum()) == 572
+    assert names[1] == "building, edifice" and not seen[names.index("adding machine, totalizer, totaliser")]
+    assert (seg.prompt, seg.gamma, seg.ensembling, seg.short_side) == ("imagenet_select", 0.0, True, 512)
+
+
+def test_clip_cls_styles(seg, parity_dir: Path) -> None:
+    """Table 6's segment-embedding variants (``CLIP_CLS_STYLE``): what CLIP sees of each segment."""
+    from torchvision.ops import roi_align
+
+    seg.short_side = 64
+    try:
+        outs = {}
+        for style in ("cropmask", "mask", "crop"):
+            seg.clip_cls_style = style
+            outs[style] = seg.run(parity_dir / "astronaut.png", ["person", "sky"])
+        x = seg_clip_input(seg, parity_dir / "astronaut.png", outs["crop"]["mask_logits"].shape[-2:])
+    finally:
+        seg.clip_cls_style, seg.short_side = "cropmask", 320
+    ref = outs["cropmask"]
+    for style in ("mask", "crop"):  # the segments are the same, only CLIP's input differs
+        assert torch.equal(outs[style]["mask_logits"], ref["mask_logits"])
+        assert torch.equal(outs[style]["boxes"], ref["boxes"])
+        assert not torch.allclose(outs[style]["crops"], ref["crops"])
+    # crop: the unmasked image in the box; cropmask: the masked image in the same box
+    clip_input = outs["crop"]["crops"]
+    masks = ref["mask_logits"].sigmoid() > 0.5
+    boxes = ref["boxes"]
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+    assert torch.allclose(clip_input, roi_align(x[None], rois, 224, aligned=True), atol=1e-6)
+    assert torch.allclose(ref["crops"], roi_align(x[None] * masks[:, None], torch.cat(
+        [torch.arange(len(boxes))[:, None].float(), boxes], dim=1), 224, aligned=True), atol=1e-6)
+    # mask: the whole image at 224 x 224, zero outside the mask (resized to 224 and binarised)
+    m224 = torch.nn.functional.interpolate(ref["mask_logits"][None], size=(224, 224), mode="bilinear",
+                                           align_corners=False)[0].sigmoid() > 0.5
+    assert bool((outs["mask"]["crops"].abs().sum(1)[~m224] == 0).all())
+
+
+def seg_clip_input(seg, path: Path, padded: tuple[int, int]) -> torch.Tensor:
+    """The CLIP-normalised, zero-padded network input of ``path`` (``MODEL.CLIP_PIXEL_MEAN/STD``)."""
+    from ovss.constants import CLIP_MEAN_255_D2, CLIP_STD_255_D2
+
+    _, img = seg.network_input(seg.read_image(path))
+    x = (img.float() - torch.tensor(CLIP_MEAN_255_D2).view(3, 1, 1)) / torch.tensor(CLIP_STD_255_D2).view(3, 1, 1)
+    out = torch.zeros(3, *padded)
+    out[:, :x.shape[1], :x.shape[2]] = x
+    return out

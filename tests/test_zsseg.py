@@ -321,3 +321,51 @@ def test_eval_config_overrides_protocol(zdir: Path, tiny_clip_files, tmp_path: P
                                 ensemble_weight=0.6)
     assert (seg.mask_thr, seg.prompt, seg.short_side, seg.max_long_side) == (0.3, "vild", 256, 2560)
     assert seg.ensemble_weight == 0.6  # an explicit argument wins over config and protocol
+
+
+def test_voc_protocols_and_separate_region_adapter(zdir: Path, tiny_clip_files, parity_dir: Path, tmp_path: Path):
+    """VOC: the cross-dataset row (COCO-Stuff model, VOC's 15 base classes seen) and the 15/5 zero-shot
+    configs' separate region classifier (``SEPERATE_ADAPTER``: queries classified with the predefined
+    prompt, crops with the region adapter's own learned prompts)."""
+    from ovss.methods.two_stage import class_strings
+    from ovss.methods.zsseg import ZSSeg
+
+    kw = dict(model=tiny_clip_files[0], pretrained=tiny_clip_files[1], short_side=64, max_long_side=128)
+    seg = ZSSeg(checkpoint=zdir / "zsseg_tiny_r101c.pth", config=zdir / "zsseg_tiny_config.json", dataset="voc",
+                **kw)
+    names = class_strings(seg.default_vocabulary())
+    assert len(names) == 20 and names[15] == "pottedplant"
+    assert seg.seen_flags(names).tolist() == [True] * 15 + [False] * 5
+    assert (seg.prompt, seg.mask_thr, seg.ensemble_weight, seg.region_prompt) == ("learnable", 0.5, 0.4, None)
+
+    # a VOC 15/5 zero-shot checkpoint: the fixture's tensors plus region prompts under the official key names
+    sd = torch.load(zdir / "zsseg_tiny_r101c.pth", map_location="cpu", weights_only=True)["model"]
+    g = torch.Generator().manual_seed(0)
+    for k in [k for k in sd if k.startswith("clip_adapter.prompt_learner.")]:
+        v = sd[k] + (0.5 * torch.randn(sd[k].shape, generator=g) if k.endswith("prefix_prompt") else 0)
+        sd["_region_clip_adapter." + k[len("clip_adapter."):]] = v
+    ck = tmp_path / "voc15.pth"
+    torch.save({"model": sd}, ck)
+    cfg = json.loads((zdir / "zsseg_tiny_config.json").read_text())
+    cfg.update({"MODEL.CLIP_ADAPTER.PROMPT_LEARNER": "predefined", "MODEL.CLIP_ADAPTER.SEPERATE_ADAPTER": True,
+                "MODEL.CLIP_ADAPTER.REGION_CLIP_ADAPTER.PROMPT_LEARNER": "learnable",
+                "MODEL.CLIP_ADAPTER.CLIP_ENSEMBLE_WEIGHT": 0.7})
+    (tmp_path / "voc15.json").write_text(json.dumps(cfg))
+    two = ZSSeg(checkpoint=ck, config=tmp_path / "voc15.json", dataset="voc20", **kw)
+    assert (two.prompt, two.region_prompt, two.ensemble_weight) == ("single", "learnable", 0.7)
+    query, region = two.text_features(["cat", "dog"]), two.text_features(["cat", "dog"], region=True)
+    assert query.shape == region.shape and not torch.allclose(query, region)
+    assert torch.allclose(region, two.region_prompts(two.clip, ["cat", "dog"]), atol=1e-6)
+    out = two.run(parity_dir / "astronaut.png", ["person", "sky"])
+    # the crops are classified with the region prompts (+ the no-object row, dropped before the softmax)
+    feats = ts.clip_image_features(two.clip, out["crops"])
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    assert torch.allclose(out["clip_logits"][:, :2], 100.0 * feats @ region_of(two, ["person", "sky"]).t(),
+                          atol=1e-4)
+    torch.save({"model": {k: v for k, v in sd.items() if not k.startswith("_region")}}, ck)
+    with pytest.raises(ModelLoadError, match="_region_clip_adapter"):
+        ZSSeg(checkpoint=ck, config=tmp_path / "voc15.json", dataset="voc20", **kw)
+
+
+def region_of(seg, names):
+    return seg.text_features(names, region=True)

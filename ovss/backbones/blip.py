@@ -3,7 +3,8 @@ capture that PnP-OVSS needs.
 
 ``load_blip_itm("Salesforce/blip-itm-large-coco")`` loads ``BlipForImageTextRetrieval`` and its
 WordPiece tokenizer from the hub (cached as usual under ``HF_HOME``); a local directory in the same
-layout (``config.json``, ``model.safetensors``, ``vocab.txt``) works the same way. When the hub
+layout (``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``) works the same way
+(a ``pytorch_model.bin`` is read by :mod:`ovss.checkpoints`, which never executes code). When the hub
 cannot be reached and nothing is cached the loader fails within about a second with one message.
 
 Two details make the transformers model compute what the official LAVIS ``BlipITM`` computes
@@ -31,6 +32,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..checkpoints import load_state_dict
 from ..errors import ModelLoadError
 from .clip import hub_file_cached, hub_offline, hub_reachable
 
@@ -110,14 +112,18 @@ def load_blip_itm(model: str, image_size: int | None = None,
         ModelLoadError: the hub is unreachable and nothing is cached, the directory is not a
             BLIP ITM checkpoint, or the size is not a multiple of the patch size.
     """
-    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+    from transformers import AutoConfig, AutoTokenizer, BlipForImageTextRetrieval
 
     local = Path(model).expanduser()
+    weights: dict[str, torch.Tensor] | None = None
     if local.exists():
         if not local.is_dir() or not (local / "config.json").is_file():
             raise ModelLoadError(f"{model} is not a transformers model directory (it needs "
                                  "config.json, model.safetensors and vocab.txt)")
         source, ctx = str(local), contextlib.nullcontext()
+        if not (local / "model.safetensors").is_file() and (local / "pytorch_model.bin").is_file():
+            # a pickled state dict goes through ovss's reader (never executes code from the file)
+            weights = load_state_dict(local / "pytorch_model.bin")
     else:
         if "/" not in model:
             raise ModelLoadError(f"BLIP model {model!r} is neither a local directory nor a hub name "
@@ -128,7 +134,12 @@ def load_blip_itm(model: str, image_size: int | None = None,
         source, ctx = model, (hub_offline() if cached else contextlib.nullcontext())
     try:
         with ctx:
-            net = BlipForImageTextRetrieval.from_pretrained(source, dtype=torch.float32)
+            if weights is None:
+                net = BlipForImageTextRetrieval.from_pretrained(source, dtype=torch.float32)
+            else:  # transformers takes a state dict only without a model path
+                config = AutoConfig.from_pretrained(source)
+                net = BlipForImageTextRetrieval.from_pretrained(None, config=config, state_dict=weights,
+                                                                dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # transformers raises OSError/ValueError/... for bad folders
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__

@@ -14,8 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,9 +22,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
+from ..download import download_url, url_reachable
 from ..errors import ModelLoadError, UnknownNameError, did_you_mean
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass
@@ -94,33 +92,10 @@ def hub_reachable(timeout: float = 1.0) -> bool:
     return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
-def url_reachable(url: str, timeout: float = 1.0) -> bool:
-    """True when the host of ``url`` answers a TCP connection within ``timeout`` seconds."""
-    parts = urlparse(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    # the name lookup has no timeout of its own (a dead DNS server blocks for many seconds):
-    # resolve in a daemon thread and give up after ``timeout``
-    found: list[Any] = []
-    lookup = threading.Thread(target=lambda: found.append(_resolve(parts.hostname, port)), daemon=True)
-    lookup.start()
-    lookup.join(timeout)
-    if not found or not found[0]:
-        return False
-    family, kind, proto, _, address = found[0][0]
-    try:
-        with socket.socket(family, kind, proto) as sock:
-            sock.settimeout(timeout)
-            sock.connect(address)
-            return True
-    except OSError:
-        return False
-
-
 def fetch_url(url: str, flag: str) -> Path:
     """Local copy of a checkpoint URL, downloaded once into torch's hub cache
-    (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it).
+    (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub.load_state_dict_from_url`` keeps it) with
+    :func:`ovss.download.download_url` (resumable, atomic, progress bar).
 
     Raises:
         ModelLoadError: the file is not cached and cannot be downloaded (says how to pass a
@@ -133,20 +108,11 @@ def fetch_url(url: str, flag: str) -> Path:
              f"/path/to/{target.name} (or put it in {target.parent})")
     if not url_reachable(url):
         raise ModelLoadError(f"cannot download {url} (no network?): {help_}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(target), progress=True)
-    except Exception as exc:
-        raise ModelLoadError(f"could not download {url}: {str(exc).splitlines()[0] if str(exc) else exc}; "
-                             f"{help_}") from None
+        download_url(url, target)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}; {help_}") from None
     return target
-
-
-def _resolve(host: str, port: int) -> list[Any]:
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
 
 
 @contextlib.contextmanager
@@ -177,73 +143,6 @@ def offline_help(what: str, flag: str = "--pretrained") -> str:
     return (f"cannot download {what} from the Hugging Face hub (no network?). Download the "
             f"weights on a machine with network access and pass the file with {flag} "
             "/path/to/weights.safetensors (or copy the hub cache to HF_HOME)")
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict (CPU tensors).
-
-    Accepts safetensors, torch pickles holding a state dict (optionally under 'state_dict' or
-    'model'), and TorchScript archives such as OpenAI's released ``ViT-B-16.pt``.
-
-    Raises:
-        ModelLoadError: the file is missing or cannot be read as a checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception:
-                try:
-                    sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-                except Exception:
-                    sd = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
-
-
-def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: tuple[str, ...] = ()) -> None:
-    """Load ``sd`` strictly into ``module``, raising one readable error on any mismatch.
-
-    Raises:
-        ModelLoadError: keys are missing or unexpected, or a tensor has the wrong shape.
-    """
-    sd = {k: v for k, v in sd.items() if k not in drop}
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ModelLoadError(f"{what}: the checkpoint does not fit this architecture: "
-                             + "; ".join(parts) + ". Check that the model name or config "
-                             "matches the checkpoint")
-    module.load_state_dict(sd, strict=True)
 
 
 def text_fingerprint(model: nn.Module) -> str:
@@ -300,7 +199,7 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
         with _quiet_open_clip():
             net = open_clip.create_model(name, pretrained=None)
         if pretrained:
-            sd = load_state_dict_file(pretrained)
+            sd = load_state_dict(pretrained)
             if not any(k.startswith("visual.") for k in sd):
                 raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
                                      "(no 'visual.*' keys): is it the right file?")

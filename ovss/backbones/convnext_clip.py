@@ -26,8 +26,9 @@ from torch import nn
 
 from ..constants import CLIP_MEAN_255_D2, CLIP_STD_255_D2
 from ..errors import ModelLoadError
+from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
 from ..models.mask_pooling import mask_pool
-from .clip import CHECKPOINT_SUFFIXES, LoadedCLIP, load_clip, load_into, load_state_dict_file, text_fingerprint
+from .clip import LoadedCLIP, load_clip, text_fingerprint
 
 #: Per-channel RGB mean / std in 0-255 units (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` of the configs).
 CLIP_PIXEL_MEAN, CLIP_PIXEL_STD = CLIP_MEAN_255_D2, CLIP_STD_255_D2
@@ -205,7 +206,7 @@ def load_conv_clip(model: str, pretrained: str | None, device: str | torch.devic
         # local weights: build the architecture, then load strictly ourselves (the generic
         # loader's key sniffing only looks at the first few keys of a sorted safetensors file)
         clip = load_clip(model, None, "cpu")
-        sd = load_state_dict_file(pretrained)
+        sd = load_state_dict(pretrained)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()
               if k not in ("input_resolution", "context_length", "vocab_size")}
         if not any(k.startswith("visual.") for k in sd):

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
-from .clip import fetch_url, hub_file_cached, hub_reachable, load_into, load_state_dict_file, offline_help
+from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
+from .clip import fetch_url, hub_file_cached, hub_reachable, offline_help
 
 
 
@@ -92,7 +93,7 @@ def _read_spec(spec: str, flag: str) -> tuple[str, dict[str, Any]]:
         kwargs = dict(entry.get("kwargs") or {})
         kwargs.pop("pretrained", None)
         return entry["model_name"], kwargs
-    if Path(spec).suffix.lower() in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+    if Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES:
         raise InputError(f"{flag} takes a timm model name or a JSON config, not a checkpoint ({spec}); "
                          "pass the checkpoint as the matching *-pretrained option")
     return spec, {}
@@ -139,7 +140,7 @@ def load_vit(model: str, pretrained: str | None = None, device: str | torch.devi
     if pretrained and pretrained.startswith(("https://", "http://")):  # e.g. DINO's own releases
         pretrained = str(fetch_url(pretrained, pretrained_flag))
     if pretrained:
-        sd = load_state_dict_file(pretrained)
+        sd = load_state_dict(pretrained)
         try:
             net = timm.create_model(name, pretrained=False, **kwargs)
         except Exception as exc:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -51,16 +52,48 @@ class PanopticFiles:
         required: the layout needs it (``coco_panoptic``); otherwise it is used when both files
             exist (``ade20k``: PQ besides mIoU).
         prepared_by: which script leaves these files.
+        png_suffix: what follows the image's name in an annotation's ``file_name``
+            (``.png``; Cityscapes ``_gtFine_panoptic.png``): images and annotations are paired by it.
     """
 
     png_dir: str
     json_file: str
     required: bool = True
     prepared_by: str = ""
+    png_suffix: str = ".png"
 
     def tree(self) -> str:
         """One-line description of the files."""
-        return f"{self.png_dir}/<id>.png (RGB segment ids), {self.json_file} (segments_info, categories)"
+        return (f"{self.png_dir}/<id>{self.png_suffix} (RGB segment ids), {self.json_file} (segments_info, "
+                "categories)")
+
+    def key(self, file_name: str) -> str:
+        """The image name an annotation's ``file_name`` belongs to (its name less ``png_suffix``)."""
+        name = Path(file_name).name
+        return name[: -len(self.png_suffix)] if name.endswith(self.png_suffix) else Path(name).stem
+
+
+@dataclass(frozen=True)
+class InstanceFiles:
+    """The COCO-format instance ground truth of a layout (for mask AP), relative to ``--data-root``.
+
+    Always optional: used when the JSON exists. Images are paired with the JSON's ``images`` by
+    file name (the base name of ``images[i].file_name`` equals the image file's name).
+
+    Attributes:
+        json_file: a COCO instances JSON: ``images`` (``id``, ``file_name``, ``height``,
+            ``width``), ``annotations`` (``image_id``, ``category_id``, ``segmentation``
+            (polygons or RLE), ``area``, ``iscrowd``) and ``categories`` (``id``, ``name``) whose
+            ids are the dataset's category ids (see :attr:`EvalDataset.category_ids`).
+        prepared_by: which script or release leaves the file.
+    """
+
+    json_file: str
+    prepared_by: str = ""
+
+    def tree(self) -> str:
+        """One-line description of the file."""
+        return f"{self.json_file} (COCO instances: images, annotations, categories)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,7 @@ class Layout:
         panoptic: the panoptic ground truth of the layout, or None.
         labels_from_panoptic: the semantic labels are made from the panoptic ground truth while
             reading (``label_dir`` is then the panoptic PNG folder; see :func:`panoptic_to_semantic`).
+        instances: the optional instance ground truth (mask AP), or None.
     """
 
     name: str
@@ -101,6 +135,7 @@ class Layout:
     prepared_by: str = ""
     panoptic: PanopticFiles | None = None
     labels_from_panoptic: bool = False
+    instances: InstanceFiles | None = None
 
     def tree(self) -> str:
         """One-line description of the expected files, e.g. ``JPEGImages/<id>.jpg, ...``."""
@@ -113,6 +148,8 @@ class Layout:
         if self.panoptic is not None:
             optional = "" if self.panoptic.required else " (optional, for PQ)"
             parts.append(self.panoptic.tree() + optional)
+        if self.instances is not None:
+            parts.append(self.instances.tree() + " (optional, for AP)")
         return ", ".join(parts)
 
 
@@ -131,6 +168,10 @@ class DatasetSpec:
         background: index of the background class, or None.
         unseen: names of the unseen classes of the zero-shot split (seen = the others), or ().
         label_dtype: dtype the labels are stored in (uint8 PNG or uint16 TIFF).
+        unseen_ids: class indices of the unseen classes where names are ambiguous (ADE-847 has
+            duplicate display names); used instead of ``unseen`` when given.
+        category_ids: the dataset category id of class ``k`` where no panoptic JSON gives it
+            (Cityscapes label ids; default ``k``); instance JSONs use these ids.
     """
 
     name: str
@@ -142,6 +183,8 @@ class DatasetSpec:
     background: int | None = None
     unseen: tuple[str, ...] = ()
     label_dtype: str = "uint8"
+    unseen_ids: tuple[int, ...] = ()
+    category_ids: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +193,8 @@ class DatasetSpec:
     @property
     def unseen_indices(self) -> list[int]:
         """Class indices of the unseen classes (empty when the dataset has no zero-shot split)."""
+        if self.unseen_ids:
+            return list(self.unseen_ids)
         return [self.classes.index(n) for n in self.unseen]
 
     def layout(self, name: str) -> Layout:
@@ -213,15 +258,35 @@ _COCO_PAN = PanopticFiles("panoptic_val2017", "annotations/panoptic_val2017.json
                           prepared_by="the COCO panoptic annotations zip (panoptic_annotations_trainval2017)")
 _ADE_PAN = PanopticFiles("ade20k_panoptic_val", "ade20k_panoptic_val.json", required=False,
                          prepared_by=f"{_M2F}/prepare_ade20k_pan_seg.py")
+_COCO_INS = InstanceFiles("annotations/instances_val2017.json", "the COCO 2017 annotations zip (annotations_trainval2017)")
+_ADE_INS = InstanceFiles("ade20k_instance_val.json", f"{_M2F}/prepare_ade20k_ins_seg.py")
+_CITY_PAN = PanopticFiles("gtFine/cityscapes_panoptic_val", "gtFine/cityscapes_panoptic_val.json", required=False,
+                          prepared_by="cityscapesscripts createPanopticImgs (or ovss prepare cityscapes)",
+                          png_suffix="_gtFine_panoptic.png")
+_CITY_INS = InstanceFiles("gtFine/cityscapes_instances_val.json", "ovss prepare cityscapes (from gtFine instanceIds)")
+#: Cityscapes label id of each train id (cityscapesscripts ``labels.py``): the category ids of the
+#: panoptic JSON of createPanopticImgs and of the instances JSON
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+_MAPILLARY_PAN = PanopticFiles("validation/panoptic", "validation/panoptic/panoptic_2018.json", required=False,
+                               prepared_by="the Mapillary Vistas v1.2 release")
+
+
+@lru_cache(maxsize=1)
+def ade847_unseen_ids() -> tuple[int, ...]:
+    """The 275 unseen ("rare") classes of ZegFormer's ADE20K-Full frequency split (seen: the 572
+    "frequent" and "common" classes); source in ``ovss/data/ade847_classes.json``."""
+    text = resources.files("ovss").joinpath("data/ade847_classes.json").read_text(encoding="utf-8")
+    return tuple(int(i) for i in json.loads(text)["unseen_train_ids"])
 
 
 def _coco_panoptic(labels_from_panoptic: bool) -> Layout:
     if labels_from_panoptic:  # panoptic_semseg_val2017 not made: the same labels, made while reading
         return Layout("panoptic", "coco", "val2017", _COCO_PAN.png_dir, ".jpg", ".png", "panoptic",
-                      panoptic=_COCO_PAN, labels_from_panoptic=True,
+                      panoptic=_COCO_PAN, labels_from_panoptic=True, instances=_COCO_INS,
                       prepared_by="the COCO panoptic annotations; semantic labels made from them while reading")
     return Layout("detectron2", "coco", "val2017", "panoptic_semseg_val2017", ".jpg", ".png", "panoptic",
-                  panoptic=_COCO_PAN, prepared_by=f"{_M2F}/prepare_coco_semantic_annos_from_panoptic_annos.py")
+                  panoptic=_COCO_PAN, instances=_COCO_INS,
+                  prepared_by=f"{_M2F}/prepare_coco_semantic_annos_from_panoptic_annos.py")
 
 
 def _specs() -> dict[str, DatasetSpec]:
@@ -270,22 +335,33 @@ def _specs() -> dict[str, DatasetSpec]:
         ), 5000, unseen=coco_unseen),
         DatasetSpec("cityscapes", "Cityscapes val, 19 classes", cls["cityscapes"], 255, (
             Layout("mmseg", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                   "_gtFine_labelTrainIds.png", "images", recursive=True,
-                   prepared_by=f"{_MMSEG}/cityscapes.py (or cityscapesscripts createTrainIdLabelImgs)"),
-        ), 500),
+                   "_gtFine_labelTrainIds.png", "images", recursive=True, panoptic=_CITY_PAN, instances=_CITY_INS,
+                   prepared_by=f"{_MMSEG}/cityscapes.py (or cityscapesscripts createTrainIdLabelImgs, "
+                               "or ovss prepare cityscapes)"),
+        ), 500, category_ids=CITYSCAPES_LABEL_IDS),
         DatasetSpec("ade20k", "ADE20K (ADEChallengeData2016) val, 150 classes", cls["ade20k"], 255, (
             Layout("mmseg", "ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg",
                    ".png", "images", reduce_zero_label=True, prepared_by="the ADEChallengeData2016 zip as released",
-                   panoptic=_ADE_PAN),
+                   panoptic=_ADE_PAN, instances=_ADE_INS),
             replace(_d2("ADEChallengeData2016", "images/validation", "annotations_detectron2/validation", ".png",
-                        "detectron2/Mask2Former datasets/prepare_ade20k_sem_seg.py"), panoptic=_ADE_PAN),
+                        "detectron2/Mask2Former datasets/prepare_ade20k_sem_seg.py"), panoptic=_ADE_PAN,
+                    instances=_ADE_INS),
         ), 2000),
         DatasetSpec("coco_panoptic", "COCO panoptic val2017, 133 classes (80 things, 53 stuff)",
                     cls["coco_panoptic"], 255, (_coco_panoptic(False), _coco_panoptic(True)), 5000),
-        DatasetSpec("ade847", "ADE20K-Full (ADE20K_2021_17_01) val, 847 classes", cls["ade847"], 65535, (
+        DatasetSpec("ade847", "ADE20K-Full (ADE20K_2021_17_01) val, 847 classes (unseen: ZegFormer's 275 rare "
+                    "classes)", cls["ade847"], 65535, (
             _d2("ADE20K_2021_17_01", "images_detectron2/validation", "annotations_detectron2/validation",
-                ".tif", "Mask2Former/FC-CLIP datasets/prepare_ade20k_full_sem_seg.py"),
-        ), 2000, label_dtype="uint16"),
+                ".tif", "Mask2Former/FC-CLIP datasets/prepare_ade20k_full_sem_seg.py (or ovss prepare ade847)"),
+            Layout("zegformer", "ADE20K_2021_17_01", "images_detectron2_freq/validation",
+                   "annotations_detectron2_freq/val_all", ".jpg", ".tif", "labels",
+                   prepared_by="ZegFormer datasets/ade20k-full-frequency-split/prepare_ade20k_full_frequency_all_val.py"),
+        ), 2000, label_dtype="uint16", unseen_ids=ade847_unseen_ids()),
+        DatasetSpec("mapillary_vistas", "Mapillary Vistas v1.2 validation, 65 classes", cls["mapillary_vistas"], 65, (
+            Layout("mask2former", "mapillary_vistas", "validation/images", "validation/labels", ".jpg", ".png",
+                   "images", panoptic=_MAPILLARY_PAN,
+                   prepared_by="the Mapillary Vistas v1.2 release (labels 0..64, 65 = unlabeled; Mask2Former's layout)"),
+        ), 2000, category_ids=tuple(range(1, 66))),
     ]
     return {s.name: s for s in specs}
 
@@ -477,10 +553,46 @@ def _read_panoptic_json(spec: DatasetSpec, root: Path, files: PanopticFiles) -> 
                                    f"category_id {cat}, which is not among the JSON's categories")
             segments.append({**seg, "id": int(seg["id"]), "category_id": to_k[cat],
                              "iscrowd": int(seg.get("iscrowd", 0))})
-        annotations[Path(ann["file_name"]).stem] = {"image_id": ann.get("image_id"), "file_name": ann["file_name"],
+        annotations[files.key(ann["file_name"])] = {"image_id": ann.get("image_id"), "file_name": ann["file_name"],
                                                     "segments_info": segments}
     return PanopticGT(path, root / files.png_dir, ids, tuple(bool(c.get("isthing", 0)) for c in categories),
                       annotations)
+
+
+@dataclass
+class InstanceGT:
+    """The instance ground truth of an opened split (mask AP): the parsed COCO instances JSON.
+
+    Attributes:
+        json_path: the JSON.
+        data: its parsed content (``images``, ``annotations``, ``categories``).
+        image_ids: image file name -> the JSON's image id, for the split's images.
+        category_ids: the JSON's category ids, sorted.
+    """
+
+    json_path: Path
+    data: dict
+    image_ids: dict[str, Any]
+    category_ids: tuple[int, ...]
+
+
+def _read_instances_json(spec: DatasetSpec, root: Path, files: InstanceFiles, category_ids: Sequence[int]
+                         ) -> InstanceGT:
+    path = root / files.json_file
+    where = f"(source: {files.prepared_by}; see {DOCS})"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        images = {Path(str(im["file_name"])).name: im["id"] for im in data["images"]}
+        cats = tuple(sorted(int(c["id"]) for c in data["categories"]))
+        data["annotations"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{spec.name}: cannot read the instances JSON {path} ({exc.__class__.__name__}: {exc}); "
+                           f"expected 'images', 'annotations' and 'categories' in the COCO format {where}") from None
+    unknown = sorted(set(cats) - set(int(c) for c in category_ids))
+    if unknown:
+        raise DatasetError(f"{spec.name}: the instances JSON {path} has categories {unknown[:5]} that are not category "
+                           f"ids of the dataset's classes: wrong file for this dataset? {where}")
+    return InstanceGT(path, data, images, cats)
 
 
 @dataclass
@@ -493,6 +605,7 @@ class EvalDataset:
         layout: the layout found there.
         samples: image/label pairs in a fixed (sorted) order.
         panoptic: the panoptic ground truth (``coco_panoptic``; ``ade20k`` when prepared), or None.
+        instances: the instance ground truth (mask AP) when its JSON is there, or None.
     """
 
     spec: DatasetSpec
@@ -500,6 +613,25 @@ class EvalDataset:
     layout: Layout
     samples: list[Sample] = field(default_factory=list)
     panoptic: PanopticGT | None = None
+    instances: InstanceGT | None = None
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        """(C,) the dataset category id of class ``k``: the panoptic JSON's (sorted by id), else
+        the spec's (Cityscapes label ids, Mapillary ``k + 1``), else ``k``."""
+        if self.panoptic is not None:
+            return self.panoptic.category_ids
+        return self.spec.category_ids or tuple(range(self.spec.num_classes))
+
+    def image_id(self, i: int) -> Any:
+        """The instances JSON's image id of sample ``i``.
+
+        Raises:
+            DatasetError: the split has no instance ground truth.
+        """
+        if self.instances is None:
+            raise DatasetError(f"{self.spec.name}: no instance ground truth under {self.root}")
+        return self.instances.image_ids[self.samples[i].image.name]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -557,6 +689,7 @@ class EvalDataset:
                 "panoptic_json": str(pan.json_path) if pan else None,
                 "panoptic_dir": str(pan.png_dir) if pan else None,
                 "num_things": sum(pan.isthing) if pan else None,
+                "instances_json": str(self.instances.json_path) if self.instances else None,
                 "ignore_index": self.spec.ignore_index, "num_classes": self.spec.num_classes,
                 "num_images": len(self.samples)}
 
@@ -711,4 +844,26 @@ def open_dataset(name: str | DatasetSpec, root: str | Path, layout: str | None =
         raise DatasetError(f"{spec.name}: missing {what} in {root}; " + _expected(spec, best) + alt)
     chosen = found[0]
     panoptic = _open_panoptic(spec, root, chosen)
-    return EvalDataset(spec, root, chosen, _list_samples(spec, root, chosen, panoptic), panoptic)
+    samples = _list_samples(spec, root, chosen, panoptic)
+    ds = EvalDataset(spec, root, chosen, samples, panoptic)
+    ds.instances = _open_instances(ds)
+    return ds
+
+
+def _open_instances(ds: EvalDataset) -> InstanceGT | None:
+    """The layout's instance ground truth where its JSON exists, else None.
+
+    Raises:
+        DatasetError: the JSON is unreadable, of another dataset, or lacks some of the split's images.
+    """
+    files = ds.layout.instances
+    if files is None or not (ds.root / files.json_file).is_file():
+        return None
+    gt = _read_instances_json(ds.spec, ds.root, files, ds.category_ids)
+    missing = [s for s in ds.samples if s.image.name not in gt.image_ids]
+    if missing:
+        raise DatasetError(f"{ds.spec.name}: {len(missing)} of the {len(ds.samples)} images have no entry in the "
+                           f"instances JSON {gt.json_path} (first: {missing[0].image.name}); the instance ground truth "
+                           f"is incomplete or of another split (source: {files.prepared_by}; see {DOCS}); remove it "
+                           "to score without AP")
+    return gt

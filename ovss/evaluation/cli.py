@@ -20,7 +20,7 @@ EPILOG = """Examples:
 
   torchrun --nproc-per-node 8 -m ovss eval -d coco_stuff --data-root /data/coco_stuff164k --method sclip
 
-  ovss eval -d coco_panoptic --data-root /data/coco --method fc_clip --checkpoint fcclip_cocopan.pth   # mIoU + PQ
+  ovss eval -d coco_panoptic --data-root /data/coco --method fc_clip --checkpoint fcclip_cocopan.pth   # mIoU + PQ + AP
 
 Dataset layouts: docs/datasets.md
 """
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
     def eval_command(
         dataset: str = typer.Option(..., "--dataset", "-d", help="benchmark: voc21, voc20, context60, context59, "
                                     "coco_object, coco_stuff, cityscapes, ade20k, ade847, context459, "
-                                    "coco_panoptic"),
+                                    "coco_panoptic, mapillary_vistas"),
         data_root: Path = typer.Option(..., "--data-root", help="folder of the dataset (see docs/datasets.md), "
                                        "e.g. /data/VOCdevkit/VOC2012"),
         method: Optional[str] = typer.Option(None, "--method", "-m", help="method to run with its official "
@@ -77,6 +77,15 @@ def register(app: typer.Typer) -> None:
         panoptic: Optional[bool] = typer.Option(None, "--panoptic/--no-panoptic", help="PQ besides mIoU; default: "
                                                 "whenever the dataset has panoptic ground truth and the method "
                                                 "panoptic output"),
+        instance_predictions: Optional[Path] = typer.Option(
+            None, "--instance-predictions", help="with --predictions: a COCO results JSON (RLE masks) scored for "
+            "mask AP"),
+        instance: Optional[bool] = typer.Option(None, "--instance/--no-instance", help="mask AP besides mIoU; "
+                                                "default: whenever the dataset has instance ground truth (a COCO "
+                                                "instances JSON) and the method instance output"),
+        label_short_side: Optional[int] = typer.Option(
+            None, "--label-short-side", help="CLIP-DIY's own protocol: score against labels nearest-resized to this "
+            "short side (its official scripts use 448); default: the original label resolution"),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)"),
         limit: Optional[int] = typer.Option(None, "--limit", help="score only the first N images"),
         output: Optional[Path] = typer.Option(Path("results"), "-o", "--output",
@@ -95,8 +104,9 @@ def register(app: typer.Typer) -> None:
         table: bool = typer.Option(True, "--table/--no-table", help="print the per-class table"),
     ) -> None:
         """Score a method (official protocol) or a folder of label maps on a benchmark: mIoU, mAcc, aAcc,
-        fwIoU (and seen/unseen mIoU, hIoU on VOC20 and COCO-Stuff), and PQ / SQ / RQ on panoptic
-        datasets, in percent."""
+        fwIoU (and seen/unseen mIoU, hIoU on VOC20, COCO-Stuff and ADE-847), PQ / SQ / RQ on panoptic
+        datasets and mask AP (AP, AP50, AP75, APs, APm, APl) where instance ground truth is prepared,
+        in percent."""
         from rich.console import Console
 
         from .runner import evaluate, print_report
@@ -108,7 +118,9 @@ def register(app: typer.Typer) -> None:
                               predictions=predictions, device=device, limit=limit, output_dir=output, name=name,
                               layout=layout, resume=resume, progress=progress, save_predictions=save_predictions,
                               segmenter_options=_parse_options(options, checkpoint=checkpoint, config=config),
-                              panoptic=panoptic, panoptic_predictions=panoptic_predictions)
+                              panoptic=panoptic, panoptic_predictions=panoptic_predictions,
+                              instance=instance, instance_predictions=instance_predictions,
+                              label_short_side=label_short_side)
         except OvssError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +72,29 @@ def all_reduce(d: Dist, arr: np.ndarray, device: str, op: str = "sum") -> np.nda
         t = t.to(cuda)
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t.cpu().numpy()
+
+
+def gather_to_rank0(d: Dist, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable) on rank 0, in rank order (``gather_object``); [] on the
+    other ranks; ``[obj]`` on one process."""
+    if not d.active:
+        return [obj]
+    import torch.distributed as dist
+
+    parts: list[Any] | None = [None] * d.world if d.rank == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return list(parts) if parts is not None else []
+
+
+def broadcast_object(d: Dist, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``broadcast_object_list``)."""
+    if not d.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(d: Dist, device: str) -> None:

@@ -18,6 +18,7 @@ import torch
 from ..data.datasets import EvalDataset
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .metrics import SegMetrics
+from .instance import InstanceMetrics
 from .panoptic import PanopticMetrics
 
 
@@ -37,6 +38,8 @@ class EvalResult:
         json_path / csv_path: the reports written (rank 0 with an output folder), else None.
         pq_stats: (C, 4) float64 ``[tp, fp, fn, iou_sum]`` per class when PQ was scored, else None.
         panoptic: PQ / SQ / RQ as fractions when PQ was scored, else None.
+        instance: mask AP as fractions when AP was scored, else None.
+        detections: the COCO results of all images when AP was scored (rank 0; [] elsewhere).
     """
 
     dataset: EvalDataset
@@ -51,17 +54,25 @@ class EvalResult:
     extras: dict[str, Any] = field(default_factory=dict)
     pq_stats: np.ndarray | None = None
     panoptic: PanopticMetrics | None = None
+    instance: InstanceMetrics | None = None
+    detections: list[dict] = field(default_factory=list)
 
     def summary(self, percent: bool = True) -> dict[str, float | None]:
         """The summary metrics: mIoU, mAcc, aAcc, fwIoU (seen/unseen, hIoU), then PQ / SQ / RQ
-        (all, ``_th`` things, ``_st`` stuff) when PQ was scored; percent by default, NaN as None."""
-        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {})}
+        (all, ``_th`` things, ``_st`` stuff) when PQ was scored, then AP, AP50, AP75, APs, APm, APl
+        when AP was scored; percent by default, NaN as None."""
+        return {**self.metrics.summary(percent), **(self.panoptic.summary(percent) if self.panoptic else {}),
+                **(self.instance.summary(percent) if self.instance else {})}
 
     def per_class(self, percent: bool = True) -> list[dict]:
-        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was scored."""
+        """Per class: IoU, Acc and pixel counts, with isthing, PQ, SQ, RQ, tp, fp, fn when PQ was
+        scored, and AP (None for classes without instance ground truth) when AP was scored."""
         rows = self.metrics.per_class(self.dataset.classes, percent)
         if self.panoptic is not None:
             rows = [{**r, **p} for r, p in zip(rows, self.panoptic.per_class(self.dataset.classes, percent))]
+        if self.instance is not None:
+            ap = self.instance.per_category(percent)
+            rows = [{**r, "AP": ap.get(c)} for r, c in zip(rows, self.dataset.category_ids)]
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,8 +131,10 @@ def safe_name(name: str) -> str:
 
 def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None = None) -> tuple[Path, Path]:
     """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row: summary + per-class IoU, and
-    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix) and,
-    when PQ was scored, ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``) atomically.
+    per-class PQ when scored, percent), ``<stem>_confusion.npy`` (the int64 confusion matrix),
+    when PQ was scored ``<stem>_pq.npy`` (the (C, 4) float64 ``[tp, fp, fn, iou_sum]``), and when AP
+    was scored ``<stem>_instances.json`` (every detection, COCO results format: re-scorable with
+    ``--predictions ... --instance-predictions``), atomically.
 
     Returns:
         The JSON and CSV paths.
@@ -151,6 +164,8 @@ def write_reports(result: EvalResult, output_dir: str | Path, stem: str | None =
         buf_np = io.BytesIO()
         np.save(buf_np, arr)
         atomic_write_bytes(out / f"{stem}_{suffix}.npy", buf_np.getvalue())
+    if result.instance is not None:
+        atomic_write_text(out / f"{stem}_instances.json", json.dumps(result.detections))
     return json_path, csv_path
 
 
@@ -200,6 +215,13 @@ def print_report(result: EvalResult, console: Any = None) -> None:
         for label, suffix, n in (("All", "", pan.n), ("Things", "_th", pan.n_th), ("Stuff", "_st", pan.n_st)):
             pq_table.add_row(label, *[_cell(values[k + suffix]) for k in ("PQ", "SQ", "RQ")], str(n))
         console.print(pq_table)
+    if result.instance is not None:
+        ap_table = Table(show_header=True, title=f"mask AP ({result.instance.num_detections} detections)")
+        ap_values = result.instance.summary()
+        for k in ap_values:
+            ap_table.add_column(k, justify="right")
+        ap_table.add_row(*[_cell(v) for v in ap_values.values()])
+        console.print(ap_table)
     console.print(f"{result.elapsed_s:.1f} s, {result.num_images / max(result.elapsed_s, 1e-9):.2f} images/s"
                   + (f"; report: {result.json_path}" if result.json_path else ""))
 

@@ -27,11 +27,13 @@ Panoptic = tuple[np.ndarray, list[dict[str, Any]]]
 
 @dataclass
 class Prediction:
-    """What a source gives for one image: the (H, W) label map, and the panoptic segments when
-    the run scores PQ."""
+    """What a source gives for one image: the (H, W) label map, the panoptic segments when the
+    run scores PQ, and the instances when it scores AP: an object with ``masks``, ``scores``,
+    ``labels`` (:class:`ovss.models.mask_inference.Instances`), or COCO results already."""
 
     labels: np.ndarray
     panoptic: Panoptic | None = None
+    instances: Any = None
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -41,16 +43,18 @@ def to_numpy(x: Any) -> np.ndarray:
 
 class SegmenterSource:
     """Label maps from a :class:`ovss.segmenter.Segmenter` (``predict(rgb, image_id=...) -> result.labels``),
-    and with ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``). Images are
+    with ``panoptic`` its ``result.extras["panoptic"]`` (``panoptic_seg``, ``segments``), with ``instance``
+    its ``result.extras["instances"]`` (``masks``, ``scores``, ``labels``). Images are
     decoded by the segmenter's own decoder (``read_image``: Pillow for the detectron2-style methods,
     OpenCV for the mmseg-style ones), so ``ovss eval`` takes the path the parity fixtures hold."""
 
     needs_image = True
 
-    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False) -> None:
+    def __init__(self, segmenter: Any, num_classes: int, panoptic: bool = False, instance: bool = False) -> None:
         self.segmenter = segmenter
         self.num_classes = num_classes
         self.panoptic = panoptic
+        self.instance = instance
         self._checked = False
 
     def decode(self, path: Path) -> np.ndarray:
@@ -67,14 +71,20 @@ class SegmenterSource:
             raise InputError(f"the segmenter scores {len(classes)} classes but the dataset has "
                              f"{self.num_classes}: build it for this dataset (create_segmenter(..., dataset=...))")
         self._checked = True
-        if not self.panoptic:
-            return Prediction(to_numpy(res.labels))
-        pan = (getattr(res, "extras", None) or {}).get("panoptic")
-        if not isinstance(pan, dict) or "panoptic_seg" not in pan:
-            raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
-                             "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
-        return Prediction(to_numpy(res.labels), (to_numpy(pan["panoptic_seg"]).astype(np.int64),
-                                                 list(pan.get("segments", []))))
+        extras = getattr(res, "extras", None) or {}
+        out = Prediction(to_numpy(res.labels))
+        if self.panoptic:
+            pan = extras.get("panoptic")
+            if not isinstance(pan, dict) or "panoptic_seg" not in pan:
+                raise InputError("PQ needs panoptic output but the segmenter's result has no extras['panoptic']: "
+                                 "build it with panoptic=True, or pass panoptic=False (--no-panoptic)")
+            out.panoptic = (to_numpy(pan["panoptic_seg"]).astype(np.int64), list(pan.get("segments", [])))
+        if self.instance:
+            if extras.get("instances") is None:
+                raise InputError("AP needs instance output but the segmenter's result has no extras['instances']: "
+                                 "build it with instance=True, or pass instance=False (--no-instance)")
+            out.instances = extras["instances"]
+        return out
 
     def describe(self) -> dict[str, Any]:
         settings = getattr(self.segmenter, "settings", None)
@@ -92,17 +102,22 @@ class PredictionDirSource:
     ``a/b.png``, ``a/b_leftImg8bit.png``, ``b.png``, ``b_leftImg8bit.png`` (and ``.tif``/``.tiff``):
     values must be class indices of the dataset in order (the reduced classes for
     reduce-zero-label datasets), at the image's original size. With ``panoptic_json``, also
-    panoptic predictions (see :class:`PanopticPredictions`).
+    panoptic predictions (see :class:`PanopticPredictions`); with ``instances_json``, instance
+    predictions (:class:`ovss.evaluation.instance.InstancePredictions`).
     """
 
     needs_image = False
 
-    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None) -> None:
+    def __init__(self, folder: str | Path, dataset: EvalDataset, panoptic_json: str | Path | None = None,
+                 instances_json: str | Path | None = None) -> None:
+        from .instance import InstancePredictions
+
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise InputError(f"predictions folder {self.folder} does not exist")
         self.image_root = dataset.root / dataset.layout.image_dir
         self.panoptic = PanopticPredictions(panoptic_json, dataset) if panoptic_json is not None else None
+        self.instances = InstancePredictions(instances_json, dataset) if instances_json is not None else None
 
     def candidates(self, sample: Sample) -> list[Path]:
         try:
@@ -144,11 +159,13 @@ class PredictionDirSource:
         if arr.ndim != 2:
             raise InputError(f"prediction {path} has shape {arr.shape}: expected a single-channel label map "
                              "of class indices, not a colour image")
-        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None)
+        return Prediction(arr, self.panoptic(sample) if self.panoptic is not None else None,
+                          self.instances(sample) if self.instances is not None else None)
 
     def describe(self) -> dict[str, Any]:
         return {"predictions": str(self.folder),
-                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None}
+                "panoptic_predictions": str(self.panoptic.json_path) if self.panoptic is not None else None,
+                "instance_predictions": str(self.instances.json_path) if self.instances is not None else None}
 
 
 class PanopticPredictions:

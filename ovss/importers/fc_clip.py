@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..backbones.clip import load_into, load_state_dict_file
+from ..checkpoints import load_into, load_state_dict
 from ..constants import CLIP_MEAN_255_D2, CLIP_STD_255_D2
 from ..errors import ModelLoadError
 from ..models.mask2former import FCCLIPConfig, FCCLIPNet
@@ -72,7 +72,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ModelLoadError: unreadable file, or not an FC-CLIP checkpoint (the message names what
             it looks like instead).
     """
-    sd = load_state_dict_file(path)
+    sd = load_state_dict(path)
     missing = [k for k in _SIGNATURE if k not in sd]
     if missing:
         raise ModelLoadError(f"{path} is not an FC-CLIP checkpoint ({_describe(sd)}; it lacks {missing[0]}): "

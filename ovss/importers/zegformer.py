@@ -53,7 +53,7 @@ class ZegFormerWeights:
 #: inference settings an official ``*_gzss_eval.yaml`` may set: ovss attribute -> detectron2 key.
 ZEGFORMER_SETTING_KEYS = {"gamma": "MODEL.MASK_FORMER.GZERO_CALIBRATE", "ensembling": "MODEL.MASK_FORMER.ENSEMBLING",
                           "prompt": "MODEL.PROMPT_ENSEMBLE_TYPE", "short_side": "INPUT.MIN_SIZE_TEST",
-                          "max_long_side": "INPUT.MAX_SIZE_TEST"}
+                          "max_long_side": "INPUT.MAX_SIZE_TEST", "clip_cls_style": "MODEL.CLIP_CLS_STYLE"}
 
 
 def load_zegformer_checkpoint(path: str | Path,

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from ..backbones.resnet import ResNetConfig
+from ..checkpoints import load_checkpoint
 from ..errors import InputError, ModelLoadError
 from ..models.maskformer import MaskFormerConfig
 from .d2config import cfg_get, load_config
@@ -93,41 +94,15 @@ class D2Checkpoint:
 
 
 def read_d2_checkpoint(path: str | Path) -> D2Checkpoint:
-    """Read a detectron2 ``.pth`` / ``.pkl``-free torch checkpoint or a ``.safetensors`` file.
+    """Read a detectron2 checkpoint: ``.pth`` (``torch.save``), ``.pkl`` (pickled numpy arrays) or a
+    ``.safetensors`` copy (``ovss convert``), through :func:`ovss.checkpoints.load_checkpoint`, which
+    never executes code from the file.
 
     Raises:
-        ModelLoadError: missing or unreadable file, or no state dict inside.
+        ModelLoadError: missing, unreadable or unsafe file, or no tensors inside.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception:  # detectron2 trainers may pickle plain python objects beside the model
-                obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(obj, dict):
-        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
-    extra: dict[str, Any] = {}
-    sd = obj
-    if isinstance(obj.get("model"), dict):
-        sd = obj["model"]
-        extra = {k: v for k, v in obj.items() if k != "model"}
-    meta = getattr(sd, "_metadata", None) or {}
-    versions = {k: int(v.get("version", 1)) for k, v in meta.items() if isinstance(v, dict) and "version" in v}
-    model = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()
-             if isinstance(v, torch.Tensor)}
-    if not model:
-        raise ModelLoadError(f"checkpoint {path} holds no tensors")
-    return D2Checkpoint(model, versions, extra)
+    ck = load_checkpoint(path)
+    return D2Checkpoint(dict(ck.tensors), ck.versions, ck.extra)
 
 
 def rename_pixel_decoder(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -316,6 +291,9 @@ class ZSSegWeights:
             ``start_signal`` / ``dot_signal`` / ``end_signal`` / ``pad_signal`` (1, D)); {} when absent.
         clip_state_dict: the frozen CLIP in OpenAI layout when the checkpoint includes it, else None.
         prompt_shape: (n_prefix, n_suffix) from the config.
+        region_prompts: the learned prompts of the separate region classifier
+            (``MODEL.CLIP_ADAPTER.SEPERATE_ADAPTER``: ``_region_clip_adapter.prompt_learner.*``); {} without one.
+        region_prompt_shape: its (n_prefix, n_suffix) (``REGION_CLIP_ADAPTER.PROMPT_SHAPE``).
         source: the checkpoint path.
         settings: inference settings the config sets explicitly (see :func:`inference_settings`).
     """
@@ -329,12 +307,16 @@ class ZSSegWeights:
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    region_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
+    region_prompt_shape: tuple[int, int] = (16, 0)
 
 
 #: inference settings an official eval config may set: ovss attribute -> detectron2 key.
 ZSSEG_SETTING_KEYS = {"mask_thr": "MODEL.CLIP_ADAPTER.MASK_THR",
                       "ensemble_weight": "MODEL.CLIP_ADAPTER.CLIP_ENSEMBLE_WEIGHT",
                       "prompt": "MODEL.CLIP_ADAPTER.PROMPT_LEARNER",
+                      "separate_adapter": "MODEL.CLIP_ADAPTER.SEPERATE_ADAPTER",
+                      "region_prompt": "MODEL.CLIP_ADAPTER.REGION_CLIP_ADAPTER.PROMPT_LEARNER",
                       "short_side": "INPUT.MIN_SIZE_TEST", "max_long_side": "INPUT.MAX_SIZE_TEST"}
 
 
@@ -380,9 +362,13 @@ def load_zsseg_checkpoint(path: str | Path, config: str | Path | dict[str, Any] 
                if k.startswith("clip_adapter.prompt_learner.")}
     shape = as_sequence(cfg_get(cfg, "MODEL.CLIP_ADAPTER.PROMPT_SHAPE", None)
                         or ZSSEG_RELEASED["MODEL.CLIP_ADAPTER.PROMPT_SHAPE"])
+    region = {k[len("_region_clip_adapter.prompt_learner."):]: v.float() for k, v in rest.items()
+              if k.startswith("_region_clip_adapter.prompt_learner.")}
+    region_shape = as_sequence(cfg_get(cfg, "MODEL.CLIP_ADAPTER.REGION_CLIP_ADAPTER.PROMPT_SHAPE", None) or (16, 0))
     return ZSSegWeights(mf_cfg, own, rest["clip_adapter.non_object_embedding"].float(), prompts, clip_sd,
                         (int(shape[0]), int(shape[1])), str(path), ck.extra,
-                        inference_settings(cfg, ZSSEG_SETTING_KEYS))
+                        inference_settings(cfg, ZSSEG_SETTING_KEYS), region,
+                        (int(region_shape[0]), int(region_shape[1])))
 
 
 def save_zsseg_checkpoint(path: str | Path, maskformer: dict[str, torch.Tensor], non_object_embedding: torch.Tensor,

@@ -67,6 +67,7 @@ from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
 from ..backbones.dino import LoadedViT, last_block_keys, load_vit
+from ..checkpoints import read_checkpoint
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError, ModelLoadError, UnknownNameError, did_you_mean
 from ..options import NonNegative, Pixels, PositiveInt
@@ -145,15 +146,7 @@ def load_found_decoder(path: str | Path, in_channels: int) -> nn.Conv2d:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"FOUND decoder file not found: {path} (--saliency-head)")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read FOUND decoder {path}: {exc.__class__.__name__}") from None
+    raw: Any = read_checkpoint(path)  # never executes code from the file
     if isinstance(raw, dict) and isinstance(raw.get("decoder"), dict):
         sd = dict(raw["decoder"])
     elif isinstance(raw, dict):
@@ -205,6 +198,15 @@ def nearest_index(src: int, dst: int, rule: str) -> np.ndarray:
     return idx.view(-1).long().numpy()
 
 
+def label_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) of the official evaluation's ground truth: torchvision ``resize(mask, size=short_side)`` keeps
+    the aspect ratio with ``long = int(short_side * long / short)`` (``src/datasets/pascal_voc.py::get_mask``,
+    "fix for the eval", at f88932d)."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
 class CLIPDIY(Segmenter):
     """CLIP-DIY (official protocols: ``dataset="voc21"`` and ``"coco_object"``).
 
@@ -229,6 +231,10 @@ class CLIPDIY(Segmenter):
             area) before FOUND, which otherwise runs at full resolution as the official script
             does (memory grows with the square of the token count); None under a dataset protocol.
         batch_size: patches per CLIP forward pass (results do not depend on it).
+        label_short_side: CLIP-DIY's own scoring protocol: the scores and labels come at the size of the
+            official evaluation's ground truth, nearest-resized to this short side (448 in the official
+            scripts: :func:`label_size`) instead of the image size; ``ovss eval --label-short-side 448``
+            resizes the ground truth the same way. None: the image size.
         use_cache: keep class embeddings in the on-disk cache.
         clip: an already loaded CLIP (skips ``model``/``pretrained``).
         **common: dataset ("voc21" or "coco_object", the official class lists, or None), device,
@@ -252,7 +258,8 @@ class CLIPDIY(Segmenter):
                  saliency_head: str | None = None, variant: Literal["eval", "notebook"] = "eval",
                  img_size: Pixels = 256, patch_sizes: Sequence[PositiveInt] = (256, 128, 64),
                  stride_divisor: PositiveInt = 2, patch_weights: Sequence[NonNegative] | None = None,
-                 saliency_max_side: Pixels | None = 1024, batch_size: PositiveInt = 32, use_cache: bool = True,
+                 saliency_max_side: Pixels | None = 1024, batch_size: PositiveInt = 32,
+                 label_short_side: Pixels | None = None, use_cache: bool = True,
                  clip: LoadedCLIP | None = None, **common: Any) -> None:
         super().__init__(**common)
         img_size = square_side(img_size, common.get("short_side"), common.get("max_long_side"))
@@ -282,6 +289,7 @@ class CLIPDIY(Segmenter):
         self.img_size = int(img_size)
         self.stride_divisor = int(stride_divisor)
         self.batch_size = batch_size
+        self.label_short_side = label_short_side
         self.use_cache = use_cache
         self.saliency_max_side = None if self.dataset is not None else saliency_max_side
         self.clip = clip if clip is not None else load_clip(model, pretrained, self.device)
@@ -296,9 +304,9 @@ class CLIPDIY(Segmenter):
             saliency_model = None  # "--saliency-model none" on the command line
         if saliency_model:
             if not saliency_head:
-                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH "
-                                     "(ovss segment --saliency-head PATH, ovss eval --set saliency_head=PATH; "
-                                     "FOUND's decoder_weights.pt), or saliency_model=None "
+                raise ModelLoadError("CLIP-DIY saliency needs FOUND's decoder: pass saliency_head=PATH or the zoo "
+                                     "name found_decoder (ovss segment --saliency-head found_decoder, ovss eval "
+                                     "--set saliency_head=found_decoder; FOUND's decoder_weights.pt), or saliency_model=None "
                                      "(--saliency-model none) to run without saliency")
             if saliency_pretrained is None and saliency_model == FOUND_VIT:
                 saliency_pretrained = FOUND_DINO_URL
@@ -486,6 +494,8 @@ class CLIPDIY(Segmenter):
             ``gated_logits``, ``work_scores`` (C, S, S) final scores and ``work_labels`` (S, S) at S x S.
         """
         h, w = rgb.shape[:2]
+        if self.label_short_side is not None:
+            h, w = label_size(h, w, self.label_short_side)
         nb = self.notebook_input(rgb) if self.variant == "notebook" else None
         work = _to_byte(nb) if nb is not None else self.working_image(rgb)
         text = self.text_embeddings(vocab)
@@ -526,7 +536,8 @@ class CLIPDIY(Segmenter):
                 "templates": list(TEMPLATES), "saliency": self.saliency is not None,
                 "saliency_model": self.saliency.name if self.saliency is not None else None,
                 "saliency_pretrained": self.saliency.pretrained if self.saliency is not None else None,
-                "saliency_max_side": self.saliency_max_side, "batch_size": self.batch_size}
+                "saliency_max_side": self.saliency_max_side, "batch_size": self.batch_size,
+                "label_short_side": self.label_short_side}
 
 
 def _to_byte(x01: torch.Tensor) -> np.ndarray:

@@ -28,7 +28,7 @@ from ..errors import InputError, ModelLoadError
 from ..imageio import d2_resize
 from ..importers.fc_clip import build_fcclip
 from ..models.mask2former import classification_logits
-from ..models.mask_inference import panoptic_inference, postprocess_masks, semantic_inference
+from ..models.mask_inference import instance_inference, panoptic_inference, postprocess_masks, semantic_inference
 from ..options import Fraction
 from ..protocols import Protocol, ProtocolTable
 from ..segmenter import Capabilities, Segmentation, Segmenter
@@ -75,11 +75,18 @@ class FCCLIPProtocol(Protocol):
 
 def _row(dataset: str, class_file: str, short_side: int = 800, max_long_side: int = 1333, panoptic: bool = False,
          things: tuple[int, ...] = (), drop_first: bool = False) -> FCCLIPProtocol:
+    config = _EVAL_CONFIGS.get(dataset)
+    where = (f"configs/coco/panoptic-segmentation/fcclip/fcclip_convnext_large_eval_{config}.yaml" if config
+             else "no official eval config: the ADE20K one's settings")
     return FCCLIPProtocol(dataset=dataset, short_side=short_side, max_long_side=max_long_side,
                           class_file=f"fc_clip/{class_file}", panoptic_protocol=panoptic, things=things,
                           drop_first=drop_first,
-                          source=f"bytedance/fc-clip fcclip_convnext_large_eval_{dataset}.yaml settings "
-                                 "(README: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, TEST.*_ON) and openseg_classes.py")
+                          source=f"bytedance/fc-clip {where} (2b0bbe2); classes: fcclip/data/datasets/openseg_classes.py")
+
+
+#: the official eval config of each protocol (``configs/coco/panoptic-segmentation/fcclip/``)
+_EVAL_CONFIGS = {"ade20k": "ade20k", "ade847": "a847", "context59": "pc59", "context459": "pc459", "voc20": "pas20",
+                 "voc21": "pas21", "cityscapes": "cityscapes", "mapillary": "mapillary_vistas", "coco_panoptic": "coco"}
 
 
 FCCLIP_PROTOCOLS = ProtocolTable("fc_clip", {
@@ -191,6 +198,9 @@ class FCCLIP(Segmenter):
             checkpoint; the YAML also sets thresholds, ensemble weights and the test size, which
             ``short_side`` / ``max_long_side`` override; without either, the protocol's).
         panoptic: also run panoptic inference (``extras["panoptic"]``).
+        instance: also run instance inference (``extras["instances"]``: an
+            :class:`ovss.models.mask_inference.Instances` by the official ``instance_inference``:
+            the 100 best (query, class) pairs, thing classes only, masks = logits > 0).
         alpha, beta: override the geometric-ensemble exponents.
         use_cache: keep class embeddings in the on-disk cache.
         **common: dataset (class file, test size, semantic resize order, thing classes), device,
@@ -207,14 +217,14 @@ class FCCLIP(Segmenter):
     """
 
     method = "fc_clip"
-    capabilities = Capabilities(background=True, prob_threshold=True, panoptic=True, decoder="pillow",
+    capabilities = Capabilities(background=True, prob_threshold=True, panoptic=True, instance=True, decoder="pillow",
                                 trainable=True, score_kind="mask_classification")
     protocols = FCCLIP_PROTOCOLS
 
     def __init__(self, model: str = "convnext_large_d_320", pretrained: str | None = "laion2b_s29b_b131k_ft_soup", *,
                  checkpoint: str | Path | None = None, config: str | Path | None = None, panoptic: bool = False,
-                 alpha: Fraction | None = None, beta: Fraction | None = None, use_cache: bool = True,
-                 **common: Any) -> None:
+                 instance: bool = False, alpha: Fraction | None = None, beta: Fraction | None = None,
+                 use_cache: bool = True, **common: Any) -> None:
         super().__init__(**common)
         if checkpoint is None:
             raise InputError("FC-CLIP needs its trained checkpoint: pass checkpoint=/path/to/fcclip_cocopan.pth "
@@ -228,6 +238,7 @@ class FCCLIP(Segmenter):
         self.model_name, self.pretrained, self.checkpoint = model, pretrained, str(checkpoint)
         self.config_path = str(config) if config else None
         self.panoptic = panoptic
+        self.instance = instance
         self.use_cache = use_cache
         # test size: argument > the config's INPUT.MIN/MAX_SIZE_TEST > the dataset protocol
         base = self.protocols.get(self.dataset)
@@ -301,23 +312,27 @@ class FCCLIP(Segmenter):
 
     @torch.no_grad()
     def run_resized(self, image: np.ndarray, ori_size: tuple[int, int], vocab: Vocabulary,
-                    things: Sequence[int] = (), panoptic: bool | None = None) -> dict[str, Any]:
+                    things: Sequence[int] = (), panoptic: bool | None = None,
+                    instance: bool | None = None) -> dict[str, Any]:
         """Full pipeline on an image already resized to the network size, with every intermediate.
 
         Args:
             image: (h, w, 3) uint8 RGB at network size.
             ori_size: (H, W) output size.
             vocab: the classes.
-            things: thing class ids (panoptic).
+            things: thing class ids (panoptic, and the instance filter).
             panoptic: run panoptic inference (default: the segmenter's setting).
+            instance: run instance inference (default: the segmenter's setting).
 
         Returns:
             ``text_classifier`` (S + 1, D), ``features``, ``mask_features``, ``multi_scale_features``,
             ``in_vocab_logits`` (Q, K + 1), ``aux_in_vocab_logits`` list, ``pred_masks`` (Q, h/4, w/4),
             ``pooled_clip_feature`` (Q, D), ``out_vocab_logits``, ``mask_cls_results``,
-            ``sem_seg`` (K, H, W), and ``panoptic_seg`` / ``segments`` when panoptic.
+            ``sem_seg`` (K, H, W), ``panoptic_seg`` / ``segments`` when panoptic, ``instances``
+            (:class:`ovss.models.mask_inference.Instances`) when instance.
         """
         panoptic = self.panoptic if panoptic is None else panoptic
+        instance = self.instance if instance is None else instance
         text, num_syn = self.text_classifier(vocab)
         x, size = self.preprocess(image)
         out = self.net(x, text, num_syn)
@@ -335,7 +350,7 @@ class FCCLIP(Segmenter):
         # resize the masks to the image before the semantic sum, semantic-only protocols after it
         own = self.default_vocabulary() if self.dataset is not None else None
         own_vocab = own is not None and vocab.queries == own.queries
-        before = panoptic or not own_vocab or self.protocol.panoptic_protocol
+        before = panoptic or instance or not own_vocab or self.protocol.panoptic_protocol
         res: dict[str, Any] = {
             "text_classifier": classifier, "features": out["features"], "mask_features": out["mask_features"],
             "multi_scale_features": out["multi_scale_features"], "in_vocab_logits": out["pred_logits"][0],
@@ -351,6 +366,8 @@ class FCCLIP(Segmenter):
         if panoptic:
             res["panoptic_seg"], res["segments"] = panoptic_inference(
                 mask_cls, masks, things, self.cfg.object_mask_threshold, self.cfg.overlap_threshold)
+        if instance:  # official eval configs have panoptic on: thing classes only
+            res["instances"] = instance_inference(mask_cls, masks, things=things)
         return res
 
     def segment(self, rgb: np.ndarray, vocab: Vocabulary, *, prob_threshold: float | None = None,
@@ -367,13 +384,16 @@ class FCCLIP(Segmenter):
         extras: dict[str, Any] = {}
         if "panoptic_seg" in res:
             extras["panoptic"] = {"panoptic_seg": res["panoptic_seg"].cpu(), "segments": res["segments"]}
+        if "instances" in res:
+            extras["instances"] = res["instances"].to("cpu")
         return Segmentation(scores, labels, extras=extras, settings={"prob_threshold": thd},
                             trace=res if trace else {})
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "model": self.model_name, "pretrained": self.pretrained,
                 "checkpoint": self.checkpoint, "config": self.config_path,
-                "panoptic": self.panoptic, "short_side": self.short_side, "max_long_side": self.max_long_side,
+                "panoptic": self.panoptic, "instance": self.instance, "short_side": self.short_side,
+                "max_long_side": self.max_long_side,
                 "size_divisibility": self.cfg.size_divisibility, "alpha": self.alpha, "beta": self.beta,
                 "object_mask_threshold": self.cfg.object_mask_threshold,
                 "overlap_threshold": self.cfg.overlap_threshold, "templates": "vild14"}

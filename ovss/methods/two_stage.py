@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbones.clip import LoadedCLIP, load_clip, load_into
+from ..backbones.clip import LoadedCLIP, load_clip
+from ..checkpoints import load_into
 from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN_255, IMAGENET_STD_255, VILD_TEMPLATES
 from ..errors import InputError, ModelLoadError
 from ..imageio import d2_resize
@@ -172,6 +173,41 @@ def zegformer_crops(clip_input: torch.Tensor, masks: torch.Tensor, boxes: torch.
     masked = clip_input[None] * masks[:, None].to(clip_input.dtype)
     rois = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype, device=boxes.device)[:, None], boxes], dim=1)
     return roi_align(masked, rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def zegformer_plain_crops(clip_input: torch.Tensor, boxes: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ZegFormer ``CLIP_CLS_STYLE crop`` inputs: ``roi_align`` of the unmasked CLIP input per box
+    (``mask_former_model.py`` ``box_images = roi_align(clip_images_repeat, boxes_list, 224, aligned=True)``).
+
+    Args:
+        clip_input: float32 (3, hp, wp) CLIP-normalised, zero-padded image.
+        boxes: float32 (Q, 4) from :func:`zegformer_boxes`.
+
+    Returns:
+        float32 (Q, 3, size, size).
+    """
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.zeros(len(boxes), 1, dtype=boxes.dtype, device=boxes.device), boxes], dim=1)
+    return roi_align(clip_input[None], rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def zegformer_masked_images(clip_input: torch.Tensor, mask_logits: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """ZegFormer ``CLIP_CLS_STYLE mask`` inputs: the whole padded CLIP input resized to ``size`` (bilinear)
+    times each query's mask, itself resized to ``size`` from the padded-size logits and binarised at
+    sigmoid 0.5 (``mask_former_model.py``: ``images_tensor = F.interpolate(clip_images.tensor, (224, 224))``,
+    ``masked_image_tensors = images_tensor.unsqueeze(1) * (mask_pred_results_224.sigmoid() > 0.5)``).
+
+    Args:
+        clip_input: float32 (3, hp, wp) CLIP-normalised, zero-padded image.
+        mask_logits: float32 (Q, hp, wp) mask logits at the padded size.
+
+    Returns:
+        float32 (Q, 3, size, size).
+    """
+    image = F.interpolate(clip_input[None], size=(size, size), mode="bilinear", align_corners=False)
+    masks = F.interpolate(mask_logits[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return image * (masks.sigmoid() > 0.5)[:, None].to(image.dtype)
 
 
 # ---------------------------------------------------------------------------------- text side

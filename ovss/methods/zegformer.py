@@ -63,14 +63,20 @@ class ZegFormerProtocol(ts.TwoStageProtocol):
 
 _COCO = "coco-stuff/zegformer_R101_bs32_60k_vit16_coco-stuff_gzss_eval.yaml"
 _VOC = "pascal_voc/zegformer_R101_bs32_10k_vit16_voc_gzss_eval.yaml"
+_ADE847 = "ade20k-full-847-freq/zegformer_R50_bs32_60k_vit16_ade20k-full-847-freq_gzss_eval.yaml"
 
 
-def _row(dataset: str | None, config: str, class_file: str, unseen: tuple[str, ...], short: int, long: int
-         ) -> ZegFormerProtocol:
+def _row(dataset: str | None, config: str, class_file: str, unseen: tuple[str, ...], short: int, long: int,
+         prompt: str = "single", gamma: float = 0.1) -> ZegFormerProtocol:
     return ZegFormerProtocol(dataset=dataset, short_side=short, max_long_side=long,
                              class_file=class_file if dataset is not None else None,
-                             source=f"dingjiansw101/ZegFormer configs/{config}", config=config, prompt="single",
-                             train_classes=class_file, unseen=unseen, ensembling=True, gzero_calibrate=0.1)
+                             source=f"dingjiansw101/ZegFormer configs/{config} (8cb9e8f)", config=config,
+                             prompt=prompt, train_classes=class_file, unseen=unseen, ensembling=True,
+                             gzero_calibrate=gamma)
+
+
+def _lines(spec: str) -> tuple[str, ...]:
+    return tuple(ts.class_lines(spec))
 
 
 ZEGFORMER_PROTOCOLS = ProtocolTable("zegformer", {
@@ -78,6 +84,10 @@ ZEGFORMER_PROTOCOLS = ProtocolTable("zegformer", {
     # ``datasets/pascal/create_voc_class_names_json.py``: 15 seen + 5 unseen, "potted plant" spelt with a space
     "voc20": _row("voc20", _VOC, "zegformer/voc20.txt", ("potted plant", "sheep", "sofa", "train", "tvmonitor"),
                   512, 2048),
+    # ADE20K-Full (ADE20K_2021_17_01) frequency split, ``register_ade20k_full_zero_freq.py``: the 847 classes in
+    # trainId order, unseen = the 275 "rare" ones (572 seen); the released model is an R50 (its config)
+    "ade847": _row("ade847", _ADE847, "zegformer/ade847.txt", _lines("zegformer/ade847_unseen.txt"), 512, 2048,
+                   prompt="imagenet_select", gamma=0.0),
 }, free=_row(None, _COCO, "zsseg/coco_stuff_171.txt", COCO_STUFF_UNSEEN, 640, 2560),
    aliases={"voc": "voc20", "pascal_voc": "voc20"})
 SEGMENT_TEMPLATES = {"single": ts.ZEGFORMER_SINGLE_TEMPLATES, "imagenet_select": ts.ZEGFORMER_SELECT_TEMPLATES,
@@ -115,6 +125,9 @@ class ZegFormer(ts.TwoStageSegmenter):
         gzero_calibrate: override gamma (subtracted from seen-class scores).
         ensembling: override the ensemble (False: CLIP logits + background logit, softmax over queries'
             classes, as ``ENSEMBLING False``).
+        clip_cls_style: what CLIP sees of a segment (``MODEL.CLIP_CLS_STYLE``): ``"cropmask"`` (default and
+            the papers': the masked image cropped to the mask's box), ``"mask"`` (the whole image, masked, at
+            224 x 224) or ``"crop"`` (the unmasked box), the paper's Table 6 variants.
         **kwargs: checkpoint, config, proposals, proposal_options, use_cache
             (:class:`ovss.methods.two_stage.TwoStageSegmenter`); dataset: ``coco_stuff`` (156 -> 171 GZSS,
             single prompt, ensemble, gamma 0.1, 640 / 2560), ``voc20`` (15 -> 20 GZSS, 512 / 2048); None: the
@@ -130,7 +143,7 @@ class ZegFormer(ts.TwoStageSegmenter):
     def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", *,
                  prompt: Literal["single", "imagenet_select", "imagenet"] | None = None,
                  gzero_calibrate: NonNegative | None = None, ensembling: bool | None = None,
-                 **kwargs: Any) -> None:
+                 clip_cls_style: Literal["cropmask", "mask", "crop"] | None = None, **kwargs: Any) -> None:
         super().__init__(model, pretrained, **kwargs)
         cfg = self.config_settings
         self.prompt = prompt or cfg.get("prompt") or self.protocol.prompt
@@ -139,6 +152,7 @@ class ZegFormer(ts.TwoStageSegmenter):
         self.gamma = float(gzero_calibrate if gzero_calibrate is not None
                            else cfg.get("gamma", self.protocol.gzero_calibrate))
         self.ensembling = bool(ensembling if ensembling is not None else cfg.get("ensembling", self.protocol.ensembling))
+        self.clip_cls_style = clip_cls_style or cfg.get("clip_cls_style") or "cropmask"
 
     def check_clip(self) -> None:
         dim = self.clip.model.text_projection.shape[-1]
@@ -189,7 +203,12 @@ class ZegFormer(ts.TwoStageSegmenter):
             out.update(pred_logits=pred_logits, pred_masks=pred_masks, mask_logits=masks)
             binary = masks.sigmoid() > 0.5
             boxes = ts.zegformer_boxes(binary)
-            crops = ts.zegformer_crops(clip_input, binary, boxes)
+            if self.clip_cls_style == "cropmask":
+                crops = ts.zegformer_crops(clip_input, binary, boxes)
+            elif self.clip_cls_style == "crop":
+                crops = ts.zegformer_plain_crops(clip_input, boxes)
+            else:
+                crops = ts.zegformer_masked_images(clip_input, masks)
             feats = ts.clip_image_features(self.clip, crops)
             out.update(boxes=boxes, crops=crops, clip_features=feats)
             f = feats / feats.norm(dim=-1, keepdim=True)
@@ -227,4 +246,4 @@ class ZegFormer(ts.TwoStageSegmenter):
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "prompt": self.prompt, "gzero_calibrate": self.gamma,
-                "ensembling": self.ensembling}
+                "ensembling": self.ensembling, "clip_cls_style": self.clip_cls_style}

@@ -62,14 +62,17 @@ class ZSSegProtocol(ts.TwoStageProtocol):
 
 
 def _row(dataset: str | None, config: str, class_file: str | None, prompt: str, mask_thr: float, lam: float,
-         short: int, long: int, split: bool) -> ZSSegProtocol:
+         short: int, long: int, split: bool, train_classes: str = "zsseg/coco_stuff_171.txt",
+         unseen: tuple[str, ...] = COCO_STUFF_UNSEEN) -> ZSSegProtocol:
     return ZSSegProtocol(dataset=dataset, short_side=short, max_long_side=long, class_file=class_file,
                          source=f"MendelXu/zsseg.baseline configs/{config} (d77c3af)", config=config, prompt=prompt,
-                         train_classes="zsseg/coco_stuff_171.txt" if split else None,
-                         unseen=COCO_STUFF_UNSEEN if split else (), mask_thr=mask_thr, ensemble_weight=lam)
+                         train_classes=train_classes if split else None, unseen=unseen if split else (),
+                         mask_thr=mask_thr, ensemble_weight=lam)
 
 
 _ZERO_SHOT = "coco-stuff-164k-156/zero_shot_maskformer_R101c_bs32_60k.yaml"
+#: ``mask_former/data/datasets/register_voc_seg.py``: NOVEL_CLASS_NAMES (indices 15-19), trainable_flag 0
+VOC_UNSEEN = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
 # cross-dataset configs: values from the configs at d77c3af (shared/reference/trained-methods.md 2.3); the
 # context59 / cityscapes / ade847 class names are ovss's benchmark lists (mmseg spelling), not zsseg's registration
 ZSSEG_PROTOCOLS = ProtocolTable("zsseg", {
@@ -82,8 +85,13 @@ ZSSEG_PROTOCOLS = ProtocolTable("zsseg", {
                        0.3, 0.4, 1024, 2048, False),
     "ade847": _row("ade847", "ade20k-847/cross_dataset_test_only.yaml", "dataset:ade847", "vild",
                    0.3, 0.7, 512, 2048, False),
+    # the COCO-Stuff zero-shot model on PASCAL VOC (20 classes, no background); the VOC metadata's
+    # trainable_flag marks VOC's 15 base classes as seen. The VOC 15/5 zero-shot models (trained on the base
+    # classes: configs/voc-11k-15/*.yaml, separate region adapter, lambda 0.7) take this row with their config.
+    "voc20": _row("voc20", "voc-11k-20/zero_shot_maskformer_R101c_bs16_test_only.yaml", "zsseg/voc20.txt",
+                  "learnable", 0.5, 0.4, 512, 2048, True, "zsseg/voc20.txt", VOC_UNSEEN),
 }, free=_row(None, _ZERO_SHOT + " (free-form: the zero-shot model's settings and seen classes)", None, "learnable",
-             0.5, 0.8, 640, 2560, True))
+             0.5, 0.8, 640, 2560, True), aliases={"voc": "voc20", "pascal_voc": "voc20"})
 
 
 def zsseg_ensemble(p_mf: torch.Tensor, p_clip: torch.Tensor, trainable: torch.Tensor, lam: float) -> torch.Tensor:
@@ -110,6 +118,9 @@ class ZSSeg(ts.TwoStageSegmenter):
         model: CLIP model name for open_clip ("ViT-B-16", the official one) or an open_clip config JSON.
         pretrained: CLIP pretrained tag ("openai") or a local CLIP checkpoint.
         prompt: override the prompt set: "learnable", "vild", "single" or "imagenet".
+        region_prompt: the prompt set of a separate region (crop) classifier, as the VOC 15/5 configs have
+            (``SEPERATE_ADAPTER True``, ``REGION_CLIP_ADAPTER.PROMPT_LEARNER``; learned prompts read from the
+            checkpoint's ``_region_clip_adapter``); None: the config's, else the same prompts as the queries.
         ensemble_weight: override lambda (CLIP_ENSEMBLE_WEIGHT); 0 disables the ensemble (pure CLIP,
             invalid queries dropped), as in the official code.
         mask_threshold: override MASK_THR (in [0, 1)).
@@ -131,12 +142,15 @@ class ZSSeg(ts.TwoStageSegmenter):
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", *,
                  prompt: Literal["learnable", "vild", "single", "imagenet"] | None = None,
+                 region_prompt: Literal["learnable", "vild", "single", "imagenet"] | None = None,
                  ensemble_weight: Fraction | None = None, mask_threshold: Fraction | None = None,
                  **kwargs: Any) -> None:
         super().__init__(model, pretrained, **kwargs)
         cfg = dict(self.config_settings)
-        if cfg.get("prompt") == "predefined":
-            cfg["prompt"] = "single"
+        for key in ("prompt", "region_prompt"):
+            if cfg.get(key) == "predefined":
+                cfg[key] = "single"
+        self.region_prompt = region_prompt or (cfg.get("region_prompt") if cfg.get("separate_adapter") else None)
         self.prompt = prompt or cfg.get("prompt") or self.protocol.prompt
         prompt_from_protocol = prompt is None and "prompt" not in cfg
         if self.prompt not in PROMPTS:
@@ -149,6 +163,7 @@ class ZSSeg(ts.TwoStageSegmenter):
             raise InputError(f"mask_threshold must be in [0, 1), got {self.mask_thr}")
         self.non_object: torch.Tensor | None = None
         self.prompts: ts.LearnablePrompts | None = None
+        self.region_prompts: ts.LearnablePrompts | None = None
         if self.weights is None:
             if self.prompt == "learnable":
                 self.prompt = "vild"  # no learned prompts without a checkpoint
@@ -172,21 +187,32 @@ class ZSSeg(ts.TwoStageSegmenter):
             self.prompts = ts.LearnablePrompts(self.clip, *w.prompt_shape).to(self.device)
             self.prompts.load_tensors(w.prompts)
             self.prompts.eval()
+        if self.region_prompt == "learnable":
+            if not w.region_prompts:
+                raise ModelLoadError(f"{w.source}: the config has a separate region classifier with learned prompts "
+                                     "but the checkpoint has no '_region_clip_adapter.prompt_learner' tensors")
+            self.region_prompts = ts.LearnablePrompts(self.clip, *w.region_prompt_shape).to(self.device)
+            self.region_prompts.load_tensors(w.region_prompts)
+            self.region_prompts.eval()
         self.config = w.config
 
     # ------------------------------------------------------------------------------------------
-    def text_features(self, names: Sequence[str]) -> torch.Tensor:
-        """(C, E) normalised class text features of ``names`` (no no-object row)."""
+    def text_features(self, names: Sequence[str], region: bool = False) -> torch.Tensor:
+        """(C, E) normalised class text features of ``names`` (no no-object row): the query classifier's,
+        or with ``region`` the separate region classifier's (the same when there is none)."""
+        prompt = self.region_prompt if region and self.region_prompt else self.prompt
+        learned = self.region_prompts if region and self.region_prompt else self.prompts
         with torch.no_grad():
-            if self.prompt == "learnable":
-                assert self.prompts is not None
-                key = tuple(names)  # the official code re-encodes every call; same numbers, kept in memory here
+            if prompt == "learnable":
+                assert learned is not None
+                key = (region, tuple(names))  # the official code re-encodes every call; same numbers, kept here
                 cache = self.__dict__.setdefault("_prompt_cache", {})
                 if key not in cache:
-                    cache.clear()
-                    cache[key] = self.prompts(self.clip, names)
+                    cache[key] = learned(self.clip, names)
+                    while len(cache) > 2:
+                        cache.pop(next(iter(cache)))
                 return cache[key]
-            templates = {"vild": ts.VILD_TEMPLATES, "single": ts.ZSSEG_SINGLE_TEMPLATES}.get(self.prompt,
+            templates = {"vild": ts.VILD_TEMPLATES, "single": ts.ZSSEG_SINGLE_TEMPLATES}.get(prompt,
                                                                                             IMAGENET_TEMPLATES)
             return ts.template_embeddings(self.clip, names, templates, split_synonyms=False,
                                           use_cache=self.use_cache)
@@ -226,7 +252,8 @@ class ZSSeg(ts.TwoStageSegmenter):
             masks = masks[:, :h, :w]
             out["mask_logits"] = masks
             mask_prob = masks.sigmoid()
-            clip_cls, valid, boxes, crops = self.classify_regions(img.float(), mask_prob, text)
+            region_text = torch.cat([self.text_features(names, region=True), no_obj]) if self.region_prompt else text
+            clip_cls, valid, boxes, crops = self.classify_regions(img.float(), mask_prob, region_text)
             out.update(valid=valid, mask_area=(mask_prob > self.mask_thr).sum(dim=(1, 2)), boxes=boxes, crops=crops,
                        clip_logits=clip_cls)
             p_mf = F.softmax(mf_logits, dim=-1)[..., :-1]
@@ -274,5 +301,6 @@ class ZSSeg(ts.TwoStageSegmenter):
                    sem_seg=self.to_original(semseg, size))
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "prompt": self.prompt, "ensemble_weight": self.ensemble_weight,
+        return {**super().settings(), "prompt": self.prompt, "region_prompt": self.region_prompt,
+                "ensemble_weight": self.ensemble_weight,
                 "mask_threshold": self.mask_thr}

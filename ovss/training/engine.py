@@ -21,7 +21,7 @@ Design (what makes runs reproducible across world sizes and interruptions):
   is scaled by ``1 / A`` and DDP averages gradients over ranks.
 * **Checkpoints** (rank 0 only, atomic: temporary file + ``os.replace``) hold the model in the
   official key layout plus optimizer, scheduler, grad scaler, iteration, RNG states and the sampler
-  position; they are read back with ``torch.load(weights_only=True)``.
+  position; they are read back with :func:`ovss.checkpoints.read_checkpoint` (no code runs from a file).
 
 Run under ``torchrun --nproc-per-node N`` (Gloo on CPU, NCCL on GPU); a plain process is world 1.
 """
@@ -386,18 +386,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint, loaded with ``torch.load(weights_only=True)``.
+    """A training checkpoint, read by :func:`ovss.checkpoints.read_checkpoint` (never runs code from the file).
 
     Raises:
-        ModelLoadError: missing or unreadable file.
+        ModelLoadError: missing or unreadable file, or one that asks to import code.
     """
+    from ..checkpoints import read_checkpoint as read_safely
+
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"checkpoint not found: {p}")
-    try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unpickling failure is a bad file
-        raise ModelLoadError(f"cannot read {p} as a training checkpoint ({exc.__class__.__name__}: {exc})") from None
+    return read_safely(p)
 
 
 def last_checkpoint(output: str | Path) -> Path | None:

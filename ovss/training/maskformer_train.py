@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbones.clip import LoadedCLIP, load_clip, load_state_dict_file
+from ..backbones.clip import LoadedCLIP, load_clip
+from ..checkpoints import load_state_dict
 from ..errors import DatasetError, InputError
 from ..imageio import read_image_d2
 from ..importers.zegformer import ZEGFORMER_EMBED_DIM, ZEGFORMER_RELEASED
@@ -373,7 +374,7 @@ def load_backbone_weights(model: MaskFormerV1, path: str | Path) -> None:
                          "with `python -c \"import pickle,torch,numpy; d=pickle.load(open('R-101.pkl','rb'),"
                          "encoding='latin1')['model']; torch.save({k: torch.as_tensor(v) for k,v in d.items()}, "
                          "'R-101.pth')\"` and pass the .pth")
-    sd = load_state_dict_file(p)
+    sd = load_state_dict(p)
     sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
     own = model.backbone.state_dict()
     hit = {k: v for k, v in sd.items() if k in own}
