@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ovss.checkpoints import read_checkpoint
 from ovss.training.engine import EngineConfig, seed_iteration, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -270,7 +271,7 @@ def test_maskformer_training_step_matches_official(method: str, parity_dir: Path
             return super().load(position, position % n)
 
     task = FixtureOrder(cfg)
-    task.load_model_state(torch.load(ck, map_location="cpu", weights_only=True))
+    task.load_model_state(read_checkpoint(ck))  # {"model": official keys}
     cap = Capture(dict(task.module.named_parameters()), _official_name)
     initial = {n: p.detach().clone() for n, p in cap.params.items()}
     losses = task.losses
