@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovss.training.engine import BatchLayout, EngineConfig, LRFactor, SampleStream, train
+from ovss.training.engine import BatchLayout, LRFactor, SampleStream
 
 ROOT = Path(__file__).resolve().parents[1]
 

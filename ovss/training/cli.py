@@ -61,25 +61,10 @@ def _evaluator(method: str, model: str, pretrained: str, dataset: Optional[str],
 
 
 def _eval_options(items: List[str]) -> dict[str, Any]:
-    """``--eval-set KEY=VALUE`` items (JSON values, else strings), as ``ovss eval --set``.
+    """``--eval-set KEY=VALUE`` items, read as ``ovss eval --set`` reads its items."""
+    from ..options import parse_key_values
 
-    Raises:
-        InputError: an item without ``=``.
-    """
-    import json
-
-    from ..errors import InputError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--eval-set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
+    return parse_key_values(items, "--eval-set")
 
 
 EVAL_SET_HELP = "Extra method option of the evaluation, KEY=VALUE (JSON value), repeatable (as `ovss eval --set`)."
