@@ -126,14 +126,8 @@ CATSEG_PROTOCOLS = ProtocolTable("cat_seg", {
 
 
 def dataset_vocabulary(dataset: str) -> Vocabulary:
-    """The official class list of a protocol (aliases accepted).
-
-    Raises:
-        UnknownNameError: no such protocol.
-    """
-    vocab = CATSEG_PROTOCOLS.get(dataset).vocabulary()
-    assert vocab is not None
-    return vocab
+    """The official class list (with synonyms) of a protocol: :meth:`ProtocolTable.vocabulary`."""
+    return CATSEG_PROTOCOLS.vocabulary(dataset)
 
 
 @dataclass(frozen=True)

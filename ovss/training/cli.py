@@ -61,6 +61,16 @@ def _evaluator(method: str, model: str, pretrained: str, dataset: Optional[str],
     return run
 
 
+def _eval_options(items: List[str]) -> dict[str, Any]:
+    """``--eval-set KEY=VALUE`` items, read as ``ovss eval --set`` reads its items."""
+    from ..options import parse_key_values
+
+    return parse_key_values(items, "--eval-set")
+
+
+EVAL_SET_HELP = "Extra method option of the evaluation, KEY=VALUE (JSON value), repeatable (as `ovss eval --set`)."
+
+
 def _run(build: Callable[[Any], Any], engine_cfg: Any, device: str,
          evaluator: Callable[[Any, Any], Optional[Callable[[Path, int], dict[str, float]]]] | None = None) -> None:
     from .engine import setup_distributed, teardown_distributed, train
@@ -119,6 +129,7 @@ def fc_clip(
     eval_root: Optional[Path] = typer.Option(None, help="--data-root of --eval-dataset."),
     eval_period: int = typer.Option(0, help="Evaluate every this many iterations (and at the end)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
+    eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP),
     progress: bool = typer.Option(True, help="Progress bar (rank 0)."),
 ) -> None:
     """Train FC-CLIP's head on COCO panoptic (or your COCO-panoptic-format data)."""
@@ -147,7 +158,7 @@ def fc_clip(
 
         def evaluator(task: Any, info: Any) -> Any:
             return _evaluator("fc_clip", model, str(init_backbone or pretrained), eval_dataset, eval_root, eval_limit,
-                              info.device, output, {})
+                              info.device, output, _eval_options(eval_set))
 
         _run(build, cfg, device, evaluator)
 
@@ -163,7 +174,7 @@ def _maskformer(method: str, images: Path, labels: Path, classes: Optional[Path]
                 crop_size: int, min_sizes: Optional[List[int]], max_size: int, color_aug: bool,
                 single_category_max_area: float, amp: str, checkpoint_period: int, log_period: int, workers: int,
                 device: str, seed: int, resume: bool, eval_dataset: Optional[str], eval_root: Optional[Path],
-                eval_period: int, eval_limit: Optional[int], progress: bool) -> None:
+                eval_period: int, eval_limit: Optional[int], eval_set: List[str], progress: bool) -> None:
     def work() -> None:
         from .maskformer_train import ProposalTrainer, TrainConfig, read_arch, read_names
 
@@ -194,7 +205,8 @@ def _maskformer(method: str, images: Path, labels: Path, classes: Optional[Path]
             return ProposalTrainer(tc)
 
         def evaluator(task: Any, info: Any) -> Any:
-            return _evaluator(method, model, pretrained, eval_dataset, eval_root, eval_limit, info.device, output, {})
+            return _evaluator(method, model, pretrained, eval_dataset, eval_root, eval_limit, info.device, output,
+                              _eval_options(eval_set))
 
         _run(build, cfg, device, evaluator)
 
@@ -236,13 +248,14 @@ def _maskformer_command(method: str, paper: str) -> None:
         seed: int = typer.Option(0), resume: bool = typer.Option(False, help="Continue from last_checkpoint."),
         eval_dataset: Optional[str] = typer.Option(None, help="Evaluate on this benchmark while training."),
         eval_root: Optional[Path] = typer.Option(None), eval_period: int = typer.Option(0),
-        eval_limit: Optional[int] = typer.Option(None), progress: bool = typer.Option(True),
+        eval_limit: Optional[int] = typer.Option(None),
+        eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP), progress: bool = typer.Option(True),
     ) -> None:
         _maskformer(method, images, labels, classes, unseen, output, model, pretrained, config, prompt,
                     prompt_checkpoint, init_backbone, max_iter, batch_size, accumulation, lr, weight_decay,
                     backbone_multiplier, clip_grad, crop_size, min_sizes, max_size, color_aug,
                     single_category_max_area, amp, checkpoint_period, log_period, workers, device, seed, resume,
-                    eval_dataset, eval_root, eval_period, eval_limit, progress)
+                    eval_dataset, eval_root, eval_period, eval_limit, eval_set, progress)
 
 
 _maskformer_command("zsseg", "ZSSeg")
