@@ -172,38 +172,44 @@ def test_training_steps_match_the_official_code(cs_dir: Path, tmp_path: Path) ->
     before = {n: p.detach().clone() for n, p in params.items()}
     got: list[dict] = []
 
+    grads: dict[str, float] = {}
+
+    def on_grads(it: int, optimizer: torch.optim.Optimizer) -> None:  # before clipping, as after_backward saw them
+        grads.clear()
+        grads.update({n: float(p.grad.norm()) if p.grad is not None else 0.0 for n, p in params.items()})
+
     def on_step(it: int, record: dict) -> None:
-        coef = min(1.0, solver["CLIP_GRADIENTS"]["CLIP_VALUE"] / (record["grad_norm"] + 1e-6))
-        grads = {n: float(p.grad.norm()) / coef if p.grad is not None else 0.0 for n, p in params.items()}
         upd = {n: float((p.detach() - before[n]).norm()) for n, p in params.items()}
         for n, p in params.items():
             before[n] = p.detach().clone()
-        got.append({"loss": record["loss_sem_seg"], "lr": record["lr"], "grad": grads, "update": upd,
+        got.append({"loss": record["loss_sem_seg"], "lr": record["lr"], "grad": dict(grads), "update": upd,
                     "weights": {n: params[n].detach().flatten()[torch.from_numpy(ref[f"index/{n}"]).long()].numpy()
                                 for n in man["sampled"]}})
 
     cfg = EngineConfig(output=str(tmp_path / "run"), max_iter=n_steps, batch_size=solver["IMS_PER_BATCH"],
                        clip_grad=solver["CLIP_GRADIENTS"]["CLIP_VALUE"], checkpoint_period=0, log_period=0,
                        progress=False)
-    train(task, cfg, on_step=on_step)
+    train(task, cfg, on_step=on_step, on_grads=on_grads)
+    # bars: ~10x what this machine measured (fixture README); 10x wider on another CPU SIMD class
+    wide = 1.0 if torch.backends.cpu.get_cpu_capability() == man["provenance"]["cpu_capability"] else 10.0
 
     for step, (want, have) in enumerate(zip(man["steps"], got), start=1):
-        assert have["loss"] == pytest.approx(want["loss"], rel=1e-5), step
+        assert have["loss"] == pytest.approx(want["loss"], rel=1e-5 * wide), step
         assert have["lr"] == pytest.approx(want["lr"]["sem_seg_head.predictor.transformer.conv1.weight"], rel=1e-9)
         # gradients sum many cancelling terms: float32 noise of ~1e-5 of the step's largest gradient norm
-        # (measured: groups 4e-5 relative, parameters 8% of the bar below; bars ~10x the measurement)
+        # (measured: groups 4e-5 relative, parameters 8% of the bar below)
         for g, norm in man["grad_norm_groups"][step - 1].items():
             mine = sum(v * v for n, v in have["grad"].items() if _group(n) == g) ** 0.5
-            assert mine == pytest.approx(norm, rel=5e-4), (step, g)
+            assert mine == pytest.approx(norm, rel=5e-4 * wide), (step, g)
         top = max(want["grad_norm"].values())
         for n, v in want["grad_norm"].items():
             if ZERO_GRAD.search(n):  # zero in exact arithmetic: both sides hold float noise only
-                assert max(v, have["grad"][n]) < 1e-7 * top, (step, n)
+                assert max(v, have["grad"][n]) < 1e-7 * top * wide, (step, n)
                 continue
-            assert abs(have["grad"][n] - v) <= 1e-3 * v + 1e-5 * top, (step, n)
-            assert have["update"][n] == pytest.approx(want["update_norm"][n], rel=1e-3, abs=1e-12), (step, n)
+            assert abs(have["grad"][n] - v) <= (1e-3 * v + 1e-5 * top) * wide, (step, n)
+            assert have["update"][n] == pytest.approx(want["update_norm"][n], rel=1e-3 * wide, abs=1e-12), (step, n)
         for n in man["sampled"]:
-            assert fp32_close(have["weights"][n], ref[f"step{step}/{n}"], atol=1e-7, rtol=1e-5), (step, n)
+            assert fp32_close(have["weights"][n], ref[f"step{step}/{n}"], atol=1e-7 * wide, rtol=1e-5 * wide), (step, n)
 
 
 def test_mapper_matches_the_official_semantic_mapper(tmp_path: Path) -> None:

@@ -348,7 +348,8 @@ def cat_seg(
     seed: int = typer.Option(0), resume: bool = typer.Option(False, help="Continue from last_checkpoint."),
     eval_dataset: Optional[str] = typer.Option(None, help="Evaluate on this benchmark while training (e.g. ade20k)."),
     eval_root: Optional[Path] = typer.Option(None), eval_period: int = typer.Option(0),
-    eval_limit: Optional[int] = typer.Option(None), progress: bool = typer.Option(True),
+    eval_limit: Optional[int] = typer.Option(None),
+    eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP), progress: bool = typer.Option(True),
 ) -> None:
     """Train CAT-Seg on COCO-Stuff-171 (or your data) as the official code does (docs/cat_seg.md)."""
 
@@ -373,7 +374,7 @@ def cat_seg(
             return CATSegTask(opts, info.device)
 
         def evaluator(task: Any, info: Any) -> Any:
-            extra = {"config": str(config)} if config else {}
+            extra = {**({"config": str(config)} if config else {}), **_eval_options(eval_set)}
             return _evaluator("cat_seg", task.opts.model or task.settings.clip_pretrained, "", eval_dataset,
                               eval_root, eval_limit, info.device, output, extra)
 
