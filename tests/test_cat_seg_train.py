@@ -132,10 +132,10 @@ def test_training_steps_match_the_official_code(cs_dir: Path, tmp_path: Path) ->
     """Two steps of ``ovss train cat_seg`` (through the engine) on the batches the official
     ``SimpleTrainer`` was fed (``tests/fixtures/cat_seg_train``): loss, gradient norms before clipping per
     parameter group and per parameter, lr per group, updated weights."""
+    from conftest import fp32_close
+
     from ovss.training.cat_seg_train import CATSegTask, CATSegTrainOptions
     from ovss.training.engine import EngineConfig, train
-
-    from conftest import fp32_close
 
     man = json.loads((FIXTURE / "manifest.json").read_text())
     ref = dict(np.load(FIXTURE / "cat_seg_train_steps.npz"))

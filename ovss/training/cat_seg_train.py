@@ -47,8 +47,8 @@ from torch import nn
 
 from ..backbones.clip import load_clip
 from ..errors import DatasetError, InputError
-from ..importers.cat_seg import (AGG_PREFIX, CLIP_PREFIX, CLIP_VARIANTS, RELEASED, arch_from_d2,
-                                 build_catseg, read_checkpoint, resolve_config, settings_from_d2)
+from ..importers.cat_seg import (AGG_PREFIX, CLIP_PREFIX, CLIP_VARIANTS, RELEASED, arch_from_d2, build_catseg,
+                                 read_checkpoint, resolve_config, settings_from_d2)
 from ..importers.d2config import load_config
 from ..methods.cat_seg import TEMPLATE, prompt_word, read_class_json
 from ..models.cat_seg import CATSegConfig, CATSegNet
@@ -180,7 +180,7 @@ def param_groups(net: nn.Module, lr: float, weight_decay: float, clip_multiplier
                 g["lr"] = lr * clip_multiplier
             if "relative_position_bias_table" in pname or "absolute_pos_embed" in pname:
                 g["weight_decay"] = 0.0
-            if isinstance(m, norm_types) or isinstance(m, nn.Embedding):
+            if isinstance(m, (*norm_types, nn.Embedding)):
                 g["weight_decay"] = 0.0
             groups.append(g)
     # CLIP's groups last, so that group 0 (the lr the engine logs) has BASE_LR; the order changes nothing else
