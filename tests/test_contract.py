@@ -69,6 +69,9 @@ def test_declarations(seg):
         row = cls.protocols.get(ds)
         assert row.dataset == ds and row.source, (ds, row)
         assert cls.protocols.get(ds.upper()) is row  # one alias rule: any letter case
+    from ovss.training.cli import train_app
+
+    assert cap.trainable == (cls.method in {c.name for c in train_app.registered_commands})  # `ovss train NAME`
     if not cap.class_order_invariant:
         assert "order" in (cls.__doc__ or "")  # the dependence is documented where it is declared
         assert cap.order_invariant_options and all(k in specs for k, _ in cap.order_invariant_options)

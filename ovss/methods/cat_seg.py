@@ -205,7 +205,8 @@ class CATSeg(Segmenter):
     """
 
     method = "cat_seg"
-    capabilities = Capabilities(background=True, prob_threshold=True, decoder="pillow", score_kind="sigmoid")
+    capabilities = Capabilities(background=True, prob_threshold=True, decoder="pillow", trainable=True,
+                                score_kind="sigmoid")
     protocols = CATSEG_PROTOCOLS
 
     def __init__(self, model: str | None = None, pretrained: str | None = None, *,
