@@ -264,7 +264,10 @@ def methods(name: Optional[str] = typer.Argument(None, help="A method: show its 
                                ("ovss train", cap.trainable)) if v]
         out.print(f"capabilities: {', '.join(able) or 'none'}; decodes files with {cap.decoder}; precisions "
                   f"{', '.join(cap.precisions)}" + ("" if cap.class_order_invariant else
-                                                  "; scores depend on the class order (see the class docstring)"))
+                                                  "; scores depend on the class order (see the class docstring; "
+                                                  "order-independent: " + ", ".join(
+                                                      f"--{k.replace('_', '-')} {v}"
+                                                      for k, v in cap.order_invariant_options) + ")"))
         table = Table(title="official protocols (--dataset)")
         table.add_column("dataset", style="bold")
         table.add_column("settings")

@@ -199,12 +199,17 @@ def download_url(url: str, dest: str | Path, *, sha256: str | None = None, size:
                 if total is not None and part.stat().st_size < total:
                     raise ModelLoadError(f"download of {url} interrupted after {part.stat().st_size} of {total} "
                                          f"bytes; run the same command again to resume from {part}")
-        try:
-            digest = verify_file(part, sha256=sha256, size=size, what=f"download of {url}")
-        except ModelLoadError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, dest)
+        return _verify_into_place(part, dest, sha256=sha256, size=size, url=url)
+
+
+def _verify_into_place(part: Path, dest: Path, *, sha256: str | None, size: int | None, url: str) -> str:
+    """Verify a finished ``.part`` file and rename it to ``dest``; a bad file is deleted (not resumed)."""
+    try:
+        digest = verify_file(part, sha256=sha256, size=size, what=f"download of {url}")
+    except ModelLoadError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
     return digest
 
 
@@ -230,13 +235,7 @@ def download_gdrive(file_id: str, dest: str | Path, *, sha256: str | None = None
             raise ModelLoadError(f"could not download {url} with gdown: {first}") from None
         if not out or not part.is_file():
             raise ModelLoadError(f"could not download {url} with gdown (Drive refused; quota or removed file?)")
-        try:
-            digest = verify_file(part, sha256=sha256, size=size, what=f"download of {url}")
-        except ModelLoadError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, dest)
-    return digest
+        return _verify_into_place(part, dest, sha256=sha256, size=size, url=url)
 
 
 def gdrive_folder_file_id(folder_id: str, filename: str) -> str:

@@ -349,3 +349,25 @@ def parse_option_tokens(args: list[str]) -> dict[str, str]:
             i += 1
         out[key.replace("-", "_")] = value
     return out
+
+
+def parse_key_values(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["prob_threshold=0.3", "model=ViT-B-16"]`` -> ``{"prob_threshold": 0.3, "model": "ViT-B-16"}``:
+    values are JSON where they parse as JSON, strings otherwise; ``-`` in keys becomes ``_``
+    (``ovss eval --set``, ``ovss train --eval-set``).
+
+    Raises:
+        InputError: an item without ``=`` (the message names ``flag``).
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out

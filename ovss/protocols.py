@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Generic, Iterator, Mapping, TypeVar
 
-from .errors import UnknownNameError, did_you_mean
+from .errors import InputError, UnknownNameError, did_you_mean
 from .vocabulary import BACKGROUND, Vocabulary, packaged_class_file, read_class_file
 
 #: the benchmarks of ``ovss eval`` (``ovss.data``), for the web page's and the CLI's lists
@@ -124,6 +124,17 @@ class ProtocolTable(Generic[P]):
             UnknownNameError: see :meth:`resolve`.
         """
         return self.free if dataset is None else self.rows[self.resolve(dataset)]
+
+    def vocabulary(self, dataset: str) -> Vocabulary:
+        """The official class list (with synonyms) of a benchmark row (aliases accepted).
+
+        Raises:
+            UnknownNameError: see :meth:`resolve`; InputError: the row has no class list.
+        """
+        vocab = self.get(dataset).vocabulary()
+        if vocab is None:
+            raise InputError(f"{self.method}'s protocol {dataset!r} has no class list")
+        return vocab
 
     def datasets(self) -> list[str]:
         return list(self.rows)

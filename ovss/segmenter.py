@@ -68,6 +68,8 @@ class Capabilities:
         trainable: ``ovss train`` trains it.
         class_order_invariant: permuting the class list permutes the score channels and nothing
             else. False where the official output depends on the order (cited in the class docstring).
+        order_invariant_options: for such a method, the option values ``((name, value), ...)`` of
+            its order-independent variant (e.g. PnP-OVSS's ``caption_order="sorted"``).
         score_kind: what ``SegmentationResult.scores`` holds (see :data:`SCORE_KINDS`).
         precisions: arithmetic the method runs in (``precision=``).
         needs_grad: ``predict`` runs autograd (GradCAM methods), so callers must not wrap it in
@@ -83,6 +85,7 @@ class Capabilities:
     tiling: bool = False
     trainable: bool = False
     class_order_invariant: bool = True
+    order_invariant_options: tuple[tuple[str, Any], ...] = ()
     score_kind: ScoreKind = "probability"
     precisions: tuple[str, ...] = ("fp32",)
     needs_grad: bool = False

@@ -69,8 +69,12 @@ def test_declarations(seg):
         row = cls.protocols.get(ds)
         assert row.dataset == ds and row.source, (ds, row)
         assert cls.protocols.get(ds.upper()) is row  # one alias rule: any letter case
+    from ovss.training.cli import train_app
+
+    assert cap.trainable == (cls.method in {c.name for c in train_app.registered_commands})  # `ovss train NAME`
     if not cap.class_order_invariant:
         assert "order" in (cls.__doc__ or "")  # the dependence is documented where it is declared
+        assert cap.order_invariant_options and all(k in specs for k, _ in cap.order_invariant_options)
 
 
 def test_one_predict_shape(seg, photo):
@@ -92,13 +96,11 @@ def test_one_predict_shape(seg, photo):
         assert a.logits is a.scores
 
 
-def test_class_permutation_permutes_channels(seg, photo):
-    kw = {}
-    if not seg.capabilities.class_order_invariant:
-        pytest.skip(f"{seg.method} declares order-dependent scores (its order-independent variant is tested "
-                    "in its own module)")
-    a = seg.predict(photo, CLASSES, **kw)
-    b = seg.predict(photo, CLASSES[::-1], **kw)
+def test_class_permutation_permutes_channels(seg, photo, parity_dir):
+    if not seg.capabilities.class_order_invariant:  # the declared order-independent variant
+        seg = build(seg.method, parity_dir, **dict(seg.capabilities.order_invariant_options))
+    a = seg.predict(photo, CLASSES)
+    b = seg.predict(photo, CLASSES[::-1])
     order = [b.classes.index(n) for n in a.classes]
     assert torch.allclose(b.scores[order], a.scores, atol=1e-5, rtol=1e-5)
     lut = torch.tensor(order)

@@ -4,6 +4,7 @@ Hungarian matching, seen-class filtering, checkpoint round trip through the impo
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,7 @@ from ovss.training.losses import dice_loss
 from ovss.training.maskformer_train import SeenClassDataset, hungarian_match
 
 CLASSES = ["person", "bicycle", "car", "cow"]
-TINY_ARCH = {
-    "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.STEM_OUT_CHANNELS": 8, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
-    "MODEL.RESNETS.WIDTH_PER_GROUP": 4, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
-    "MODEL.SEM_SEG_HEAD.EMBED_HIDDEN_DIM": 64, "MODEL.MASK_FORMER.HIDDEN_DIM": 32, "MODEL.MASK_FORMER.NHEADS": 4,
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64, "MODEL.MASK_FORMER.DEC_LAYERS": 2,
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 6, "MODEL.MASK_FORMER.DROPOUT": 0.0,
-    "MODEL.CLIP_ADAPTER.PROMPT_SHAPE": [4, 0],
-}
+TINY_ARCH = json.loads((Path(__file__).parent / "fixtures" / "tiny_maskformer_arch.json").read_text())
 
 
 @pytest.fixture(scope="module")

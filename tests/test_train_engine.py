@@ -1,6 +1,13 @@
 """``ovss train``: the engine (batch layout, sample stream, schedules), distributed equivalence on CPU
-(Gloo: 2 processes x batch 2 == 1 x 4 == 1 x 2 with 2 accumulation steps), kill-and-resume, checkpoints
-that load with ``weights_only=True`` and through ``ovss segment --checkpoint``."""
+(Gloo: 2 processes x batch 2 == 1 x 4 == 1 x 2 with 2 accumulation steps, for ZSSeg and FC-CLIP in one
+torchrun launch), kill-and-resume, checkpoints that load with ``weights_only=True`` and through
+``ovss segment --checkpoint``, evaluation while training, and ZSSeg's two stages (prompt learning, then the
+segmentation stage with the learned prompts).
+
+Cost: every extra process imports torch, torchvision and open_clip (~12 s of CPU), so the module starts
+two: one ``torchrun --nproc-per-node 2`` (this file is its worker script, see ``__main__``) and the
+process that is SIGKILLed; every other run is in-process on one thread (the subprocesses use one OpenMP
+thread too, so the kill-and-resume legs compare bitwise)."""
 
 from __future__ import annotations
 
@@ -16,18 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ovss.training.engine import BatchLayout, EngineConfig, LRFactor, SampleStream, train
+from ovss.training.engine import BatchLayout, LRFactor, SampleStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ZS_ARCH = {
-    "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.STEM_OUT_CHANNELS": 8, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
-    "MODEL.RESNETS.WIDTH_PER_GROUP": 4, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
-    "MODEL.SEM_SEG_HEAD.EMBED_HIDDEN_DIM": 64, "MODEL.MASK_FORMER.HIDDEN_DIM": 32, "MODEL.MASK_FORMER.NHEADS": 4,
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64, "MODEL.MASK_FORMER.DEC_LAYERS": 2,
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 6, "MODEL.MASK_FORMER.DROPOUT": 0.0,
-    "MODEL.CLIP_ADAPTER.PROMPT_SHAPE": [4, 0],
-}
+# the tiny MaskFormer of the ZSSeg/ZegFormer training tests (ResNet-50 layout, narrow)
+ZS_ARCH = json.loads((ROOT / "tests" / "fixtures" / "tiny_maskformer_arch.json").read_text())
 FC_TINY = {"MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
            "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 1, "MODEL.MASK_FORMER.HIDDEN_DIM": 32,
            "MODEL.MASK_FORMER.NHEADS": 4, "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 32,
@@ -108,11 +109,16 @@ def _fc_args(data: Path, out: Path, parity: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
-def _torchrun(args: list[str], nproc: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(29500 + os.getpid() % 1000), "-m", "ovss", "train", *args]
-    e = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _log(out: Path) -> list[dict]:
@@ -154,9 +160,15 @@ def _assert_same_weights(w: dict[str, torch.Tensor], ref: dict[str, torch.Tensor
 
 
 def _run(args: list[str]) -> int:
+    """``ovss train ARGS`` in this process, on one thread (as the subprocesses run)."""
     from ovss.training.cli import run_subcommand
 
-    return run_subcommand(args[0], args[1:])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_subcommand(args[0], args[1:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------- engine parts
@@ -196,6 +208,53 @@ def test_lr_schedules_follow_detectron2() -> None:
 
 # ------------------------------------------------------------------ distributed equivalence
 
+EQ_ITERS = ["--max-iter", "2", "--batch-size", "4", "--checkpoint-period", "0"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(semantic_data: Path, panoptic_data: Path, parity_dir: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, Path]:
+    """1 process x batch 4 for both methods (the reference of the equivalence test; the checkpoints of
+    the checkpoint test)."""
+    out = tmp_path_factory.mktemp("one_rank")
+    assert _run(_zsseg_args(semantic_data, out / "zs", parity_dir, *EQ_ITERS)) == 0
+    assert _run(_fc_args(panoptic_data, out / "fc", parity_dir, *EQ_ITERS)) == 0
+    return {"zs": out / "zs", "fc": out / "fc"}
+
+
+def test_two_ranks_equal_one_rank_and_accumulation(semantic_data: Path, panoptic_data: Path, parity_dir: Path,
+                                                   one_rank: dict[str, Path], tmp_path: Path) -> None:
+    zs_ddp, fc_ddp = tmp_path / "zs_ddp", tmp_path / "fc_ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           __file__, json.dumps([_zsseg_args(semantic_data, zs_ddp, parity_dir, *EQ_ITERS),
+                                 _fc_args(panoptic_data, fc_ddp, parity_dir, *EQ_ITERS)])]
+    ddp = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:  # the accumulation runs meanwhile, in this process
+        assert _run(_zsseg_args(semantic_data, tmp_path / "zs_acc", parity_dir, *EQ_ITERS, "--accumulation", "2")) == 0
+        assert _run(_fc_args(panoptic_data, tmp_path / "fc_acc", parity_dir, *EQ_ITERS, "--accumulation", "2")) == 0
+        output, _ = ddp.communicate(timeout=600)
+    finally:
+        ddp.kill()
+    assert ddp.returncode == 0, output[-3000:]
+
+    ref = _weights(one_rank["zs"] / "model_final.pth")
+    for run in (tmp_path / "zs_acc", zs_ddp):
+        _assert_same_losses(_log(run), _log(one_rank["zs"]))
+        _assert_same_weights(_weights(run / "model_final.pth"), ref, 3e-4, 2)
+    init = _zsseg_task(semantic_data, parity_dir, tmp_path / "init").model_state()["model"]
+    moved = sum(not torch.equal(init[key], v) for key, v in ref.items() if key in init)
+    assert moved > 10  # the steps changed the weights (so the comparison above means something)
+
+    ref = _weights(one_rank["fc"] / "model_final.pth")
+    for run in (tmp_path / "fc_acc", fc_ddp):
+        # 1e-4: oneDNN picks other conv kernels for batch 2 and 4 (~1e-7 relative on the features),
+        # which FC-CLIP's logit scale (up to 100) lifts to ~4e-5 on the class CE
+        _assert_same_losses(_log(run), _log(one_rank["fc"]), first=1e-4)
+        # the 0.01 full-model clip scales FC-CLIP's gradients (norm ~100) by 1e-4, which puts many
+        # elements near Adam's eps (1e-8), where the update follows rounding: measured 1.2 %
+        _assert_same_weights(_weights(run / "model_final.pth"), ref, 1e-4, 2, share=0.02)
+    assert [r["iteration"] for r in _log(fc_ddp)] == [1, 2] and not (fc_ddp / "model_0000000.pth").exists()
+
 
 def _zsseg_task(data: Path, parity: Path, out: Path):
     from ovss.training.maskformer_train import ProposalTrainer, TrainConfig
@@ -208,59 +267,21 @@ def _zsseg_task(data: Path, parity: Path, out: Path):
     return ProposalTrainer(cfg)
 
 
-def test_zsseg_two_ranks_equal_one_rank_and_accumulation(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
-    runs = {}
-    for name, acc in (("b4", 1), ("b2x2", 2)):
-        out = tmp_path / name
-        task = _zsseg_task(semantic_data, parity_dir, out)
-        train(task, EngineConfig(output=str(out), max_iter=2, batch_size=4, accumulation=acc, log_period=1,
-                                 progress=False, checkpoint_period=0))
-        runs[name] = out
-    res = _torchrun(_zsseg_args(semantic_data, tmp_path / "ddp", parity_dir, "--max-iter", "2", "--batch-size", "4"), 2)
-    assert res.returncode == 0, res.stderr[-3000:]
-    runs["ddp"] = tmp_path / "ddp"
-    logs = {k: _log(v) for k, v in runs.items()}
-    for k in ("b2x2", "ddp"):
-        _assert_same_losses(logs[k], logs["b4"])
-    ref = _weights(runs["b4"] / "model_final.pth")
-    for k in ("b2x2", "ddp"):
-        _assert_same_weights(_weights(runs[k] / "model_final.pth"), ref, 3e-4, 2)
-    init = _zsseg_task(semantic_data, parity_dir, tmp_path / "init").model_state()["model"]
-    moved = sum(not torch.equal(init[key], v) for key, v in ref.items() if key in init)
-    assert moved > 10  # the steps changed the weights (so the comparison above means something)
-
-
-def test_fc_clip_two_ranks_equal_one_rank_and_accumulation(panoptic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
-    for name, extra in (("b4", ["--batch-size", "4"]), ("acc", ["--batch-size", "4", "--accumulation", "2"])):
-        assert _run(_fc_args(panoptic_data, tmp_path / name, parity_dir, "--max-iter", "2", *extra)) == 0
-    res = _torchrun(_fc_args(panoptic_data, tmp_path / "ddp", parity_dir, "--max-iter", "2", "--batch-size", "4"), 2)
-    assert res.returncode == 0, res.stderr[-3000:]
-    ref_log, ref = _log(tmp_path / "b4"), _weights(tmp_path / "b4" / "model_final.pth")
-    for k in ("acc", "ddp"):
-        # 1e-4: oneDNN picks other conv kernels for batch 2 and 4 (~1e-7 relative on the features),
-        # which FC-CLIP's logit scale (up to 100) lifts to ~4e-5 on the class CE
-        _assert_same_losses(_log(tmp_path / k), ref_log, first=1e-4)
-        # the 0.01 full-model clip scales FC-CLIP's gradients (norm ~100) by 1e-4, which puts many
-        # elements near Adam's eps (1e-8), where the update follows rounding: measured 1.2 %
-        _assert_same_weights(_weights(tmp_path / k / "model_final.pth"), ref, 1e-4, 2, share=0.02)
-
-
 # ------------------------------------------------------------------------- resume, checkpoints
 
 
 def test_killed_run_resumes_to_the_same_losses(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
     base = ["--max-iter", "4", "--batch-size", "2", "--checkpoint-period", "2"]
-    # every run in the same kind of process (1 OpenMP thread): bitwise comparisons need the same kernels
-    assert _torchrun(_zsseg_args(semantic_data, tmp_path / "straight", parity_dir, *base), 1).returncode == 0
-    killed = _torchrun(_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base), 1,
-                       env={"OVSS_TRAIN_KILL_AT": "3"})
-    assert killed.returncode != 0  # SIGKILLed after iteration 3, whose checkpoint was never written
+    assert _run(_zsseg_args(semantic_data, tmp_path / "straight", parity_dir, *base)) == 0
+    killed = subprocess.run([sys.executable, "-m", "ovss", "train",
+                             *_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base)],
+                            env=_env({"OVSS_TRAIN_KILL_AT": "3"}), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILLed after iteration 3, whose checkpoint was never written
     assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000001.pth"
     assert [r["iteration"] for r in _log(tmp_path / "killed")] == [1, 2, 3]
-    resumed = _torchrun(_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base, "--resume"), 1)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _run(_zsseg_args(semantic_data, tmp_path / "killed", parity_dir, *base, "--resume")) == 0
     a, b = _log(tmp_path / "straight"), _log(tmp_path / "killed")
-    assert [r["iteration"] for r in b] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in b] == [1, 2, 3, 4]  # the killed run's line 3 was replaced
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "images_per_s"} == {k: v for k, v in rb.items() if k != "images_per_s"}
     wa, wb = _weights(tmp_path / "straight" / "model_final.pth"), _weights(tmp_path / "killed" / "model_final.pth")
@@ -268,31 +289,30 @@ def test_killed_run_resumes_to_the_same_losses(semantic_data: Path, parity_dir: 
 
 
 def test_checkpoints_load_safely_and_through_ovss_segment(semantic_data: Path, panoptic_data: Path, parity_dir: Path,
-                                                          tmp_path: Path) -> None:
+                                                          one_rank: dict[str, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from ovss.cli import app
 
-    assert _run(_zsseg_args(semantic_data, tmp_path / "zs", parity_dir, "--max-iter", "1", "--batch-size", "2")) == 0
-    ck = torch.load(tmp_path / "zs" / "model_final.pth", map_location="cpu", weights_only=True)
+    ck = torch.load(one_rank["zs"] / "model_final.pth", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "scheduler", "iteration", "trainer", "rng", "ovss_config"} <= set(ck)
-    assert ck["iteration"] == 1 and ck["trainer"]["stream_position"] == 2
+    assert ck["iteration"] == 2 and ck["trainer"]["stream_position"] == 8
     runner = CliRunner()
     res = runner.invoke(app, ["segment", str(semantic_data / "images" / "0.png"), "--method", "zsseg", "--classes",
                               "person, car, cow", "--model", str(parity_dir / "tiny_clip_b16.json"), "--pretrained",
                               str(parity_dir / "tiny_clip_b16.safetensors"), "--checkpoint",
-                              str(tmp_path / "zs" / "model_final.pth"), "--short-side", "40", "-o", str(tmp_path / "seg")])
+                              str(one_rank["zs"] / "model_final.pth"), "--short-side", "40", "-o", str(tmp_path / "seg")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "seg" / "0_labels.png").is_file()
 
-    assert _run(_fc_args(panoptic_data, tmp_path / "fc", parity_dir, "--max-iter", "1", "--batch-size", "2")) == 0
     d = parity_dir / "fc_clip"
     res = runner.invoke(app, ["segment", str(panoptic_data / "images" / "0000.png"), "--method", "fc_clip",
                               "--classes", "cat, dog, grass", "--model", str(d / "convnext_fcclip_tiny.json"),
                               "--pretrained", str(d / "tiny_convnext_clip.safetensors"), "--checkpoint",
-                              str(tmp_path / "fc" / "model_final.pth"), "-o", str(tmp_path / "seg2")])
+                              str(one_rank["fc"] / "model_final.pth"), "--short-side", "64", "-o",
+                              str(tmp_path / "seg2")])
     assert res.exit_code == 0, res.output
-    saved = _weights(tmp_path / "fc" / "model_final.pth")
+    saved = _weights(one_rank["fc"] / "model_final.pth")
     assert "sem_seg_head.predictor.query_feat.weight" in saved and "criterion.empty_weight" in saved
 
 
@@ -309,3 +329,84 @@ def test_train_reports_bad_input_in_one_line(tmp_path: Path) -> None:
                                    "--output", str(tmp_path / "o"), "--device", "cpu", "--batch-size", "3",
                                    "--accumulation", "2"])
     assert res.exit_code == 2 and "error" in res.output
+    res = CliRunner().invoke(app, ["train", "zsseg", "--images", str(tmp_path), "--labels", str(tmp_path), "--output",
+                                   str(tmp_path / "o"), "--device", "cpu", "--prompt", "learnable"])
+    assert res.exit_code == 2 and "--prompt learnable needs --prompt-checkpoint" in res.output
+
+
+# ------------------------------------------------------------------ evaluation, ZSSeg's two stages
+
+
+def _coco_stuff_split(root: Path, semantic_data: Path) -> Path:
+    """Two images of COCO-Stuff's detectron2 layout (val2017 + stuffthingmaps_detectron2/val2017)."""
+    (root / "val2017").mkdir(parents=True)
+    (root / "stuffthingmaps_detectron2" / "val2017").mkdir(parents=True)
+    for i in range(2):
+        Image.open(semantic_data / "images" / f"{i}.png").convert("RGB").save(root / "val2017" / f"{i:012d}.jpg")
+        lab = np.asarray(Image.open(semantic_data / "labels" / f"{i}.png")).copy()
+        lab[lab == 2] = 100  # COCO-Stuff ids: person 0, some stuff class, ignore
+        Image.fromarray(lab).save(root / "stuffthingmaps_detectron2" / "val2017" / f"{i:012d}.png")
+    return root
+
+
+def test_evaluation_while_training_scores_like_ovss_eval(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
+    from ovss.evaluation.runner import evaluate
+    from ovss.registry import create_segmenter
+
+    split = _coco_stuff_split(tmp_path / "coco", semantic_data)
+    out = tmp_path / "run"
+    assert _run(_zsseg_args(semantic_data, out, parity_dir, "--max-iter", "2", "--batch-size", "2", "--checkpoint-period",
+                            "0", "--eval-dataset", "coco_stuff", "--eval-root", str(split), "--eval-period", "1",
+                            "--eval-limit", "1", "--eval-set", "short_side=64")) == 0
+    evals = [r for r in _log(out) if "eval/mIoU" in r]
+    assert [r["iteration"] for r in evals] == [1, 2]  # every --eval-period and at the end
+    assert (out / "eval" / "iter_0000001").is_dir() and (out / "eval" / "iter_0000002").is_dir()
+    seg = create_segmenter("zsseg", model=str(parity_dir / "tiny_clip_b16.json"),
+                           pretrained=str(parity_dir / "tiny_clip_b16.safetensors"),
+                           checkpoint=str(out / "model_final.pth"), dataset="coco_stuff", device="cpu", short_side=64)
+    res = evaluate("coco_stuff", split, segmenter=seg, device="cpu", limit=1, output_dir=tmp_path / "eval",
+                   resume=False, progress=False)
+    assert res.num_images == 1
+    assert evals[-1]["eval/mIoU"] == float(res.metrics.mIoU)  # the same code as `ovss eval`, same checkpoint
+
+
+def test_prompt_learning_then_segmentation_stage(semantic_data: Path, parity_dir: Path, tmp_path: Path) -> None:
+    from ovss.training.maskformer_train import PromptConfig, PromptTrainer
+
+    data = ["--images", str(semantic_data / "images"), "--labels", str(semantic_data / "labels"), "--classes",
+            str(semantic_data / "classes.txt"), "--unseen", str(semantic_data / "unseen.txt"), "--model",
+            str(parity_dir / "tiny_clip_b16.json"), "--pretrained", str(parity_dir / "tiny_clip_b16.safetensors")]
+    prompts = tmp_path / "prompts"
+    assert _run(["zsseg-prompts", *data, "--output", str(prompts), "--prompt-length", "4", "--sample-per-class", "3",
+                 "--max-iter", "2", "--batch-size", "2", "--workers", "0", "--log-period", "1", "--device", "cpu",
+                 "--no-progress"]) == 0
+    log = _log(prompts)
+    assert [r["iteration"] for r in log] == [1, 2] and all(math.isfinite(r["loss_cls"]) for r in log)
+    # WarmupCosineLR with a constant warmup (factor 0.005 over 100 iterations) of lr 0.02 over 2 iterations
+    assert [r["lr"] for r in log] == pytest.approx([0.02 * 0.005, 0.02 * 0.005 * 0.5])
+    learned = _weights(prompts / "model_final.pth")
+    initial = PromptTrainer(PromptConfig(images=str(semantic_data / "images"), labels=str(semantic_data / "labels"),
+                                         class_names=["person", "bicycle", "car", "cow"], unseen=["cow"],
+                                         clip_model=data[9], clip_pretrained=data[11], prompt_shape=(4, 0),
+                                         sample_per_class=3)).model_state()["model"]
+    key = "clip_adapter.prompt_learner.prefix_prompt"
+    assert learned[key].shape == initial[key].shape == (4, 64) and not torch.equal(learned[key], initial[key])
+
+    stage2 = tmp_path / "stage2"
+    assert _run(_zsseg_args(semantic_data, stage2, parity_dir, "--max-iter", "1", "--batch-size", "2", "--prompt",
+                            "learnable", "--prompt-checkpoint", str(prompts / "model_final.pth"))) == 0
+    assert torch.equal(_weights(stage2 / "model_final.pth")[key], learned[key])  # stage 2 keeps them, frozen
+
+
+if __name__ == "__main__":  # the torchrun worker of test_two_ranks_equal_one_rank_and_accumulation
+    import torch.distributed as dist
+
+    from ovss.training.cli import run_subcommand
+
+    dist.init_process_group("gloo")  # one group for every run: `ovss train` joins it and leaves it up
+    try:
+        for run_args in json.loads(sys.argv[1]):
+            if run_subcommand(run_args[0], run_args[1:]) != 0:
+                raise SystemExit(f"ovss train {run_args[0]} failed")
+    finally:
+        dist.destroy_process_group()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import InputError, OvssError
+from ..options import parse_key_values
 
 EPILOG = """Examples:
 
@@ -32,15 +32,7 @@ def _parse_options(items: list[str], **named: Any) -> dict[str, Any]:
     Raises:
         InputError: an item without ``=``, or a named option also given with ``--set``.
     """
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
+    out = parse_key_values(items, "--set")
     for key, value in named.items():
         if value is None:
             continue

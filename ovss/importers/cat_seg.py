@@ -308,6 +308,30 @@ def resolve_config(sd: dict[str, torch.Tensor], config: str | Path | dict[str, A
     return arch, settings
 
 
+def arch_from_d2(cfg: dict[str, Any], base: CATSegConfig | None = None) -> CATSegConfig:
+    """Aggregator sizes an official config sets (``MODEL.SEM_SEG_HEAD.*``; keys it lacks keep
+    ``base``'s, default :class:`CATSegConfig`), including ``NUM_HEADS``, ``ATTENTION_TYPE`` and
+    ``POOLING_SIZES`` (the training value: the released configs set (2, 2)). For building a network
+    to train, where no checkpoint gives the shapes.
+
+    Args:
+        cfg: a config as :func:`ovss.importers.d2config.load_config` returns it.
+        base: the sizes to start from.
+    """
+    base = base or CATSegConfig()
+    kw: dict[str, Any] = {}
+    for field, key in _SIZE_KEYS.items():
+        value = cfg_get(cfg, key)
+        if value is not None:
+            kw[field] = tuple(int(v) for v in value) if isinstance(getattr(base, field), tuple) else int(value)
+    pool = cfg_get(cfg, "MODEL.SEM_SEG_HEAD.POOLING_SIZES")
+    if pool is not None:
+        kw["pooling_size"] = tuple(int(v) for v in pool)
+    kw["num_heads"] = int(cfg_get(cfg, "MODEL.SEM_SEG_HEAD.NUM_HEADS", base.num_heads))
+    kw["attention_type"] = str(cfg_get(cfg, "MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", base.attention_type))
+    return replace(base, **kw)
+
+
 # --------------------------------------------------------------------------- building
 def _name_keys(keys: list[str], n: int = 3) -> str:
     shown = ", ".join(keys[:n])

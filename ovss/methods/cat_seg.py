@@ -126,14 +126,8 @@ CATSEG_PROTOCOLS = ProtocolTable("cat_seg", {
 
 
 def dataset_vocabulary(dataset: str) -> Vocabulary:
-    """The official class list of a protocol (aliases accepted).
-
-    Raises:
-        UnknownNameError: no such protocol.
-    """
-    vocab = CATSEG_PROTOCOLS.get(dataset).vocabulary()
-    assert vocab is not None
-    return vocab
+    """The official class list (with synonyms) of a protocol: :meth:`ProtocolTable.vocabulary`."""
+    return CATSEG_PROTOCOLS.vocabulary(dataset)
 
 
 @dataclass(frozen=True)
@@ -211,7 +205,8 @@ class CATSeg(Segmenter):
     """
 
     method = "cat_seg"
-    capabilities = Capabilities(background=True, prob_threshold=True, decoder="pillow", score_kind="sigmoid")
+    capabilities = Capabilities(background=True, prob_threshold=True, decoder="pillow", trainable=True,
+                                score_kind="sigmoid")
     protocols = CATSEG_PROTOCOLS
 
     def __init__(self, model: str | None = None, pretrained: str | None = None, *,

@@ -131,14 +131,8 @@ def read_fcclip_class_file(path: str | Path, drop_first: bool = False) -> Vocabu
 
 
 def dataset_vocabulary(dataset: str) -> Vocabulary:
-    """The official class list (with synonyms) of a dataset protocol (aliases accepted).
-
-    Raises:
-        UnknownNameError: no such protocol.
-    """
-    vocab = FCCLIP_PROTOCOLS.get(dataset).vocabulary()
-    assert vocab is not None
-    return vocab
+    """The official class list (with synonyms) of a protocol: :meth:`ProtocolTable.vocabulary`."""
+    return FCCLIP_PROTOCOLS.vocabulary(dataset)
 
 
 def seen_mask(vocab: Vocabulary, train_vocab: Vocabulary) -> torch.Tensor:

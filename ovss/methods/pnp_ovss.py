@@ -629,6 +629,7 @@ class PnPOVSS(Segmenter):
 
     method: ClassVar[str] = "pnp_ovss"
     capabilities = Capabilities(prob_threshold=True, image_id=True, decoder="pillow", class_order_invariant=False,
+                                order_invariant_options=(("caption_order", "sorted"),),
                                 score_kind="probability", needs_grad=True)
     protocols = PNP_PROTOCOLS
 

@@ -50,7 +50,7 @@ def dense_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Args:
         block: an open_clip ``ResidualAttentionBlock`` (``nn.MultiheadAttention`` with a packed
-            ``in_proj_weight``).
+            ``in_proj_weight``, or split by :func:`split_qkv`).
         x: (B, 1+N, D) block input, CLS first.
 
     Returns:
@@ -59,7 +59,13 @@ def dense_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn: nn.MultiheadAttention = block.attn
     d = x.shape[-1]
     y = block.ln_1(x)
-    v = F.linear(y, attn.in_proj_weight[2 * d:], attn.in_proj_bias[2 * d:])
+    if attn.in_proj_weight is not None:  # open_clip's packed weights
+        v = F.linear(y, attn.in_proj_weight[2 * d:], attn.in_proj_bias[2 * d:])
+    else:
+        # split q/k/v (training, split_qkv): all three projected as forward_dense does (model_vpt.py:212-216),
+        # so the unused q and k weights stay in the graph with the official zero gradient (and DDP sees them)
+        w = torch.cat([attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight], 0)
+        v = F.linear(y, w, attn.in_proj_bias)[..., 2 * d:]
     v = F.linear(v, attn.out_proj.weight, attn.out_proj.bias) + x[:, :1]
     return v + block.mlp(block.ln_2(v))
 
@@ -103,3 +109,26 @@ def encode_image_dense(visual: nn.Module, images: torch.Tensor, hook_layers: tup
     x = dense_last_block(blocks[-1], x)
     x = visual.ln_post(x) @ visual.proj
     return x, [hooked[i] for i in hook_layers]
+
+
+def split_qkv(model: nn.Module) -> int:
+    """Give every ``nn.MultiheadAttention`` in ``model`` separate ``q_proj_weight`` /
+    ``k_proj_weight`` / ``v_proj_weight`` parameters in place of the packed ``in_proj_weight``, as
+    the official vendored CLIP's ``Attention`` does (``model_vpt.py:168-177``), so that the query and
+    value projections can train while the keys stay frozen (``CLIP_FINETUNE attention``,
+    ``cat_seg_model.py:57-75``) and the state dict has the official names. ``in_proj_bias`` stays
+    packed. torch's ``multi_head_attention_forward`` then projects with the three matrices
+    (``use_separate_proj_weight``), as the official code runs.
+
+    Returns:
+        the number of attention modules converted (already split ones are left as they are).
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            q, k, v = (nn.Parameter(w.detach().clone()) for w in m.in_proj_weight.chunk(3, dim=0))
+            m._qkv_same_embed_dim = False
+            m.q_proj_weight, m.k_proj_weight, m.v_proj_weight = q, k, v
+            m.in_proj_weight = None
+            n += 1
+    return n

@@ -4,6 +4,7 @@
     ovss train zsseg --images DIR --labels DIR --classes FILE --unseen FILE --output DIR ...
     ovss train zegformer ...
     ovss train zsseg-prompts ...          (ZSSeg's prompt learning, before `ovss train zsseg`)
+    ovss train cat_seg --images DIR --labels DIR --output DIR ...
     torchrun --nproc-per-node 8 -m ovss train fc_clip ...
 
 The flags of the former ``python -m ovss.training.*`` programs keep working (``--out``, ``--arch``,
@@ -18,7 +19,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 train_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                        help="Train FC-CLIP, ZSSeg or ZegFormer as their papers did (torchrun for many GPUs).")
+                        help="Train FC-CLIP, ZSSeg, ZegFormer or CAT-Seg as their papers did (torchrun for many GPUs).")
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +59,16 @@ def _evaluator(method: str, model: str, pretrained: str, dataset: Optional[str],
         return {k: float(v) for k, v in vars(m).items() if isinstance(v, (int, float))}
 
     return run
+
+
+def _eval_options(items: List[str]) -> dict[str, Any]:
+    """``--eval-set KEY=VALUE`` items, read as ``ovss eval --set`` reads its items."""
+    from ..options import parse_key_values
+
+    return parse_key_values(items, "--eval-set")
+
+
+EVAL_SET_HELP = "Extra method option of the evaluation, KEY=VALUE (JSON value), repeatable (as `ovss eval --set`)."
 
 
 def _run(build: Callable[[Any], Any], engine_cfg: Any, device: str,
@@ -118,6 +129,7 @@ def fc_clip(
     eval_root: Optional[Path] = typer.Option(None, help="--data-root of --eval-dataset."),
     eval_period: int = typer.Option(0, help="Evaluate every this many iterations (and at the end)."),
     eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N images only."),
+    eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP),
     progress: bool = typer.Option(True, help="Progress bar (rank 0)."),
 ) -> None:
     """Train FC-CLIP's head on COCO panoptic (or your COCO-panoptic-format data)."""
@@ -146,7 +158,7 @@ def fc_clip(
 
         def evaluator(task: Any, info: Any) -> Any:
             return _evaluator("fc_clip", model, str(init_backbone or pretrained), eval_dataset, eval_root, eval_limit,
-                              info.device, output, {})
+                              info.device, output, _eval_options(eval_set))
 
         _run(build, cfg, device, evaluator)
 
@@ -162,7 +174,7 @@ def _maskformer(method: str, images: Path, labels: Path, classes: Optional[Path]
                 crop_size: int, min_sizes: Optional[List[int]], max_size: int, color_aug: bool,
                 single_category_max_area: float, amp: str, checkpoint_period: int, log_period: int, workers: int,
                 device: str, seed: int, resume: bool, eval_dataset: Optional[str], eval_root: Optional[Path],
-                eval_period: int, eval_limit: Optional[int], progress: bool) -> None:
+                eval_period: int, eval_limit: Optional[int], eval_set: List[str], progress: bool) -> None:
     def work() -> None:
         from .maskformer_train import ProposalTrainer, TrainConfig, read_arch, read_names
 
@@ -193,7 +205,8 @@ def _maskformer(method: str, images: Path, labels: Path, classes: Optional[Path]
             return ProposalTrainer(tc)
 
         def evaluator(task: Any, info: Any) -> Any:
-            return _evaluator(method, model, pretrained, eval_dataset, eval_root, eval_limit, info.device, output, {})
+            return _evaluator(method, model, pretrained, eval_dataset, eval_root, eval_limit, info.device, output,
+                              _eval_options(eval_set))
 
         _run(build, cfg, device, evaluator)
 
@@ -235,13 +248,14 @@ def _maskformer_command(method: str, paper: str) -> None:
         seed: int = typer.Option(0), resume: bool = typer.Option(False, help="Continue from last_checkpoint."),
         eval_dataset: Optional[str] = typer.Option(None, help="Evaluate on this benchmark while training."),
         eval_root: Optional[Path] = typer.Option(None), eval_period: int = typer.Option(0),
-        eval_limit: Optional[int] = typer.Option(None), progress: bool = typer.Option(True),
+        eval_limit: Optional[int] = typer.Option(None),
+        eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP), progress: bool = typer.Option(True),
     ) -> None:
         _maskformer(method, images, labels, classes, unseen, output, model, pretrained, config, prompt,
                     prompt_checkpoint, init_backbone, max_iter, batch_size, accumulation, lr, weight_decay,
                     backbone_multiplier, clip_grad, crop_size, min_sizes, max_size, color_aug,
                     single_category_max_area, amp, checkpoint_period, log_period, workers, device, seed, resume,
-                    eval_dataset, eval_root, eval_period, eval_limit, progress)
+                    eval_dataset, eval_root, eval_period, eval_limit, eval_set, progress)
 
 
 _maskformer_command("zsseg", "ZSSeg")
@@ -290,6 +304,81 @@ def zsseg_prompts(
             return PromptTrainer(pc)
 
         _run(build, cfg, device)
+
+    _run_cli(work)
+
+
+# ---------------------------------------------------------------------------------------- cat_seg
+
+@train_app.command("cat_seg")
+def cat_seg(
+    images: Path = typer.Option(..., help="Image folder (COCO-Stuff: coco-stuff/images/train2017)."),
+    labels: Path = typer.Option(..., help="Label PNG folder (COCO-Stuff: coco-stuff/annotations_detectron2/train2017 "
+                                          "of CAT-Seg's prepare_coco_stuff.py; ids in class order, 255 = ignore)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", "--class-file",
+                                           help="Class file (one per line, or an official .json list); default "
+                                                "COCO-Stuff-171 (datasets/coco.json)."),
+    output: Path = OUTPUT,
+    model: Optional[str] = typer.Option(None, "--model", "--clip-model",
+                                        help="CLIP architecture (open_clip name or config JSON); default: the "
+                                             "config's CLIP_PRETRAINED (ViT-B/16)."),
+    pretrained: str = typer.Option("openai", "--pretrained", "--clip-pretrained",
+                                   help="CLIP weights to start from (open_clip tag or file)."),
+    config: Optional[Path] = typer.Option(None, help="Official YAML (configs/vitb_384.yaml, vitl_336.yaml) or JSON."),
+    init: Optional[Path] = typer.Option(None, help="Start from a CAT-Seg checkpoint (official key layout)."),
+    max_iter: int = typer.Option(80000, help="Optimiser steps (MAX_ITER; the cosine schedule's length)."),
+    batch_size: int = typer.Option(4, help=BATCH_HELP),
+    accumulation: int = typer.Option(1, help="Micro-batches per GPU and step."),
+    lr: float = typer.Option(2e-4, help="BASE_LR."), weight_decay: float = typer.Option(1e-4),
+    clip_multiplier: float = typer.Option(0.01, help="lr factor of the CLIP parameters (CLIP_MULTIPLIER)."),
+    clip_finetune: str = typer.Option("attention", help="CLIP weights that train: attention (q/v projections), "
+                                                        "full or none."),
+    pooling_size: Optional[List[int]] = typer.Option(None, help="Class-aggregation pooling (default: the config's, 2 2)."),
+    warmup_iters: int = typer.Option(0), warmup_factor: float = typer.Option(1.0),
+    clip_grad: float = typer.Option(0.01, help="Full-model gradient-norm clip (0: off)."),
+    crop_size: int = typer.Option(384, help="Training crop and padding size."),
+    min_sizes: Optional[List[int]] = typer.Option(None, help="Short sides to choose from (default 384)."),
+    max_size: int = typer.Option(1333),
+    color_aug: bool = typer.Option(True, help="SSD colour augmentation."),
+    single_category_max_area: float = typer.Option(1.0, help="Crop rule: max area share of one class (1: off)."),
+    amp: str = typer.Option("off", help="off, bf16 or fp16 (the paper: float32 with TF32 matmuls)."),
+    checkpoint_period: int = typer.Option(5000), log_period: int = typer.Option(20),
+    workers: int = typer.Option(4, help="Data-loader processes per GPU."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0), resume: bool = typer.Option(False, help="Continue from last_checkpoint."),
+    eval_dataset: Optional[str] = typer.Option(None, help="Evaluate on this benchmark while training (e.g. ade20k)."),
+    eval_root: Optional[Path] = typer.Option(None), eval_period: int = typer.Option(0),
+    eval_limit: Optional[int] = typer.Option(None),
+    eval_set: List[str] = typer.Option([], "--eval-set", help=EVAL_SET_HELP), progress: bool = typer.Option(True),
+) -> None:
+    """Train CAT-Seg on COCO-Stuff-171 (or your data) as the official code does (docs/cat_seg.md)."""
+
+    def work() -> None:
+        from .cat_seg_train import CATSegTask, CATSegTrainOptions
+
+        opts = CATSegTrainOptions(images=str(images), labels=str(labels), classes=str(classes) if classes else None,
+                                  model=model, pretrained=pretrained, config=str(config) if config else None,
+                                  init=str(init) if init else None,
+                                  pooling_size=tuple(pooling_size) if pooling_size else None,  # type: ignore[arg-type]
+                                  clip_finetune=clip_finetune, lr=lr, weight_decay=weight_decay,
+                                  clip_multiplier=clip_multiplier, warmup_iters=warmup_iters,
+                                  warmup_factor=warmup_factor, max_iter=max_iter,
+                                  min_sizes=tuple(min_sizes) if min_sizes else (crop_size,), max_size=max_size,
+                                  crop_size=crop_size, color_aug_ssd=color_aug,
+                                  single_category_max_area=single_category_max_area, seed=seed)
+        cfg = _engine_opts(output, max_iter, batch_size, accumulation, amp, clip_grad, checkpoint_period,
+                           log_period, seed, resume, workers, eval_period, progress)
+
+        def build(info: Any) -> Any:
+            opts.device = str(info.device)
+            return CATSegTask(opts, info.device)
+
+        def evaluator(task: Any, info: Any) -> Any:
+            extra = {**({"config": str(config)} if config else {}), **_eval_options(eval_set)}
+            return _evaluator("cat_seg", task.opts.model or task.settings.clip_pretrained, "", eval_dataset,
+                              eval_root, eval_limit, info.device, output, extra)
+
+        _run(build, cfg, device, evaluator)
 
     _run_cli(work)
 

@@ -450,7 +450,8 @@ class _Metrics:
 
 def train(task: Task, cfg: EngineConfig, info: DistInfo | None = None,
           evaluate: Callable[[Path, int], dict[str, float]] | None = None,
-          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+          on_step: Callable[[int, dict[str, Any]], None] | None = None,
+          on_grads: Callable[[int, torch.optim.Optimizer], None] | None = None) -> Path:
     """Run ``task`` to ``cfg.max_iter`` and return the final checkpoint's path.
 
     Args:
@@ -460,6 +461,8 @@ def train(task: Task, cfg: EngineConfig, info: DistInfo | None = None,
         evaluate: called on every rank with (checkpoint path, iteration) every ``cfg.eval_period``
             iterations and at the end; returns metrics to log.
         on_step: called on every rank after each step with (iteration, record) (tests, fixtures).
+        on_grads: called on every rank with (iteration, optimizer) once the gradients of a step are
+            complete (all-reduced, unscaled), before clipping and the update (parity tests).
 
     Raises:
         InputError: a batch layout that does not divide; FloatingPointError: a non-finite loss.
@@ -534,6 +537,8 @@ def train(task: Task, cfg: EngineConfig, info: DistInfo | None = None,
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / layout.accumulation
         if scaler is not None:
             scaler.unscale_(optimizer)
+        if on_grads is not None:
+            on_grads(it + 1, optimizer)
         grad_norm = _grad_norm(params)
         if cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)

@@ -18,7 +18,7 @@ fcclip_convnext_large_eval_ade20k.yaml`` and its bases; Mask2Former ``SetCriteri
   batch 16, AMP.
 
 Random points: the official code draws them from the global torch RNG in a fixed order
-(``point_rng="global"``, used by the parity test); ``ovss train`` draws each image's points from its
+(``FCCLIPOptions(point_rng="global")``, used by the parity test); ``ovss train`` draws each image's points from its
 own generator seeded by the image's stream position, so the losses do not depend on how the batch is
 split over ranks and accumulation steps.
 
@@ -515,6 +515,9 @@ class FCCLIPOptions:
         lr, weight_decay, steps, warmup_iters: optimiser and ``WarmupMultiStepLR``.
         device: "auto", "cpu", "cuda".
         augment: LSJ on (off: fixed resize, for tests).
+        point_rng: "sample" (each image's points from a generator seeded by its stream position, so
+            the losses do not depend on the split over ranks) or "global" (the global torch RNG in
+            the official order: what the official code does on one process; the parity test).
     """
 
     images: str
@@ -540,6 +543,7 @@ class FCCLIPOptions:
     seed: int = 0
     device: str = "cpu"
     augment: bool = True
+    point_rng: str = "sample"
 
 
 class FCCLIPTask:
@@ -553,6 +557,8 @@ class FCCLIPTask:
         from ..text import class_embeddings
 
         self.opts, self.device = opts, device
+        if opts.point_rng not in ("sample", "global"):
+            raise InputError(f"point_rng {opts.point_rng!r}: choose sample or global")
         cfg = FCCLIPConfig()
         if resume_config:
             cfg = FCCLIPConfig(**resume_config)
@@ -590,7 +596,8 @@ class FCCLIPTask:
     def losses(self, module: nn.Module, samples: list[dict[str, Any]], num_masks: float) -> dict[str, torch.Tensor]:
         images, targets = prepare_batch(samples, self.device)
         out = module(images, self.text, self.num_synonyms)
-        gens = point_generators(self.opts.seed, [s["position"] for s in samples])
+        gens = (point_generators(self.opts.seed, [s["position"] for s in samples])
+                if self.opts.point_rng == "sample" else None)
         return self.criterion(out, targets, num_masks, gens)
 
     def optimizer(self) -> torch.optim.Optimizer:

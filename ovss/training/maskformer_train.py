@@ -393,6 +393,11 @@ class ProposalTrainer:
     def __init__(self, cfg: TrainConfig, clip: LoadedCLIP | None = None) -> None:
         if cfg.method not in ("zsseg", "zegformer"):
             raise InputError(f"unknown method {cfg.method!r}: zsseg or zegformer")
+        if cfg.method == "zsseg" and cfg.prompt == "learnable" and not cfg.prompt_checkpoint:
+            # the official config without PROMPT_CHECKPOINT trains random prompts jointly with the MaskFormer
+            # (LearnablePromptExtractor with_trainable_params); ovss trains them in stage 1 only
+            raise InputError("--prompt learnable needs --prompt-checkpoint (learned by `ovss train zsseg-prompts`); "
+                             "training the prompts jointly with the segmentation stage is not supported")
         self.method = cfg.method
         self.cfg = cfg
         self.device = torch.device(cfg.device)
