@@ -382,8 +382,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).tensors
 
 
-def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: tuple[str, ...] = ()) -> None:
+def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: tuple[str, ...] = (),
+              *, assign: bool = False) -> None:
     """Load ``sd`` strictly into ``module``, raising one readable error on any mismatch.
+
+    With ``assign`` the module takes ``sd``'s tensors themselves instead of copying them into its own
+    (``nn.Module.load_state_dict(assign=True)``): no copy, and the module's parameters may have been
+    left uninitialised (``ovss.backbones.clip.no_init``).
 
     Raises:
         ModelLoadError: keys are missing or unexpected, or a tensor has the wrong shape.
@@ -405,7 +410,7 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: t
         raise ModelLoadError(f"{what}: the checkpoint does not fit this architecture: "
                              + "; ".join(parts) + ". Check that the model name or config "
                              "matches the checkpoint")
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=True, assign=assign)
 
 
 # ------------------------------------------------------------------------------------ conversion

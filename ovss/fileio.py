@@ -1,10 +1,18 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader, or a resumed run, sees the old file or the new one, never half of
+one) and the root of ovss's on-disk caches."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Root of ovss's caches: ``$OVSS_CACHE``, else ``$XDG_CACHE_HOME/ovss`` (``~/.cache/ovss``)."""
+    root = os.environ.get("OVSS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ovss")
+    return Path(root)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

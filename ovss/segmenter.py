@@ -275,6 +275,61 @@ class Segmenter(abc.ABC):
         """
         return self._result(self._call(image, classes, background, prob_threshold, image_id, trace=False))
 
+    def predict_batch(self, images: Sequence[ImageInput], classes: ClassesInput | Vocabulary | None = None, *,
+                      background: str | Sequence[str] | None = None, prob_threshold: float | None = None,
+                      image_ids: Sequence[str | None] | None = None) -> list[SegmentationResult]:
+        """Segment many images with one vocabulary: ``[predict(image, classes, ...) for image in images]``
+        with the same results, faster.
+
+        The vocabulary and its text classifier are resolved once; the next images are decoded in a
+        background thread while the network runs; images go through :meth:`segment_batch`
+        :attr:`batch_images` at a time (methods that gain from batching several images, such as the
+        CLIP family's sliding windows, override it).
+
+        Args:
+            images: file paths, PIL images or (H, W, 3) uint8 RGB arrays.
+            classes, background, prob_threshold: as :meth:`predict`, for every image.
+            image_ids: per-image ids (default: each file's stem).
+
+        Returns:
+            One result per image, in order.
+
+        Raises:
+            InputError: as :meth:`predict` (the first bad image stops the batch), or ``image_ids``
+                of another length.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        images = list(images)
+        ids = list(image_ids) if image_ids is not None else [None] * len(images)
+        if len(ids) != len(images):
+            raise InputError(f"{len(ids)} image_ids for {len(images)} images")
+        ids = [i if i is not None or not isinstance(im, (str, Path)) else Path(im).stem for i, im in zip(ids, images)]
+        words, prob_threshold = self._call_settings(background, prob_threshold)
+        vocab = self.vocabulary(classes, words, prob_threshold)
+        step = max(1, int(self.batch_images))
+        groups = [list(range(i, min(i + step, len(images)))) for i in range(0, len(images), step)]
+        results: list[SegmentationResult] = []
+        with ThreadPoolExecutor(max_workers=1) as pool:  # decodes group g + 1 while group g runs
+            pending = pool.submit(lambda g: [self.read_image(images[i]) for i in g], groups[0]) if groups else None
+            for g, group in enumerate(groups):
+                rgbs = pending.result()
+                if g + 1 < len(groups):
+                    pending = pool.submit(lambda g: [self.read_image(images[i]) for i in g], groups[g + 1])
+                segs = self.segment_batch(rgbs, vocab, prob_threshold=prob_threshold, image_ids=[ids[i] for i in group])
+                results += [self._result((seg, vocab)) for seg in segs]
+        return results
+
+    #: images per :meth:`segment_batch` call in :meth:`predict_batch`
+    batch_images: ClassVar[int] = 1
+
+    def segment_batch(self, rgbs: Sequence[np.ndarray], vocab: Vocabulary, *, prob_threshold: float | None = None,
+                      image_ids: Sequence[str | None] | None = None) -> list[Segmentation]:
+        """:meth:`segment` of several decoded images with one vocabulary (default: one by one;
+        methods override it where batching images helps, with the same results)."""
+        ids = list(image_ids) if image_ids is not None else [None] * len(rgbs)
+        return [self.segment(rgb, vocab, prob_threshold=prob_threshold, image_id=i) for rgb, i in zip(rgbs, ids)]
+
     def run(self, image: ImageInput, classes: ClassesInput | Vocabulary | None = None, *,
             background: str | Sequence[str] | None = None, prob_threshold: float | None = None,
             image_id: str | None = None) -> dict[str, Any]:
@@ -390,9 +445,8 @@ class Segmenter(abc.ABC):
         return (f"{self.method} scores no background words (it has no background class): leave background "
                 "unset, or use a method that has one (ovss methods)")
 
-    def _call(self, image: ImageInput, classes: ClassesInput | Vocabulary | None,
-              background: str | Sequence[str] | None, prob_threshold: float | None, image_id: str | None,
-              trace: bool) -> tuple[Segmentation, Vocabulary]:
+    def _call_settings(self, background: str | Sequence[str] | None,
+                       prob_threshold: float | None) -> tuple[list[str] | None, float | None]:
         cap = self.capabilities
         words = parse_words(background)
         if words and not cap.background:
@@ -402,6 +456,12 @@ class Segmenter(abc.ABC):
                 raise InputError(f"{self.method} has no background class to send low scores to: leave "
                                  "prob_threshold unset")
             prob_threshold = check_threshold(prob_threshold, cap)
+        return words, prob_threshold
+
+    def _call(self, image: ImageInput, classes: ClassesInput | Vocabulary | None,
+              background: str | Sequence[str] | None, prob_threshold: float | None, image_id: str | None,
+              trace: bool) -> tuple[Segmentation, Vocabulary]:
+        words, prob_threshold = self._call_settings(background, prob_threshold)
         if image_id is None and isinstance(image, (str, Path)):
             image_id = Path(image).stem
         rgb = self.read_image(image)

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.clip import LoadedCLIP
+from .backbones.vit_dense import mlp
+from .fileio import cache_root
 
 
 def _openai_imagenet_templates() -> tuple[str, ...]:
@@ -59,9 +61,7 @@ TOKENS_PER_CHUNK = 4096
 
 def cache_dir() -> Path:
     """Folder of the text-embedding cache: ``$OVSS_CACHE/text`` or ``~/.cache/ovss/text``."""
-    root = os.environ.get("OVSS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ovss")
-    return Path(root) / "text"
+    return cache_root() / "text"
 
 
 # --------------------------------------------------------------------------- the causal tower
@@ -179,14 +179,34 @@ def _finish(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.
     """Residual + out_proj of the attention output, then the FFN residual (open_clip
     ``ResidualAttentionBlock.forward``). x, attn_out: (..., width) with heads merged."""
     x = x + block.ls_1(block.attn.out_proj(attn_out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_2(mlp(block.mlp, block.ln_2(x)))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v. Plain matmuls: for these short rows (a few query
-    tokens, < 30 keys) about twice as fast on CPU as ``scaled_dot_product_attention`` with a mask."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return torch.softmax(scores + bias, dim=-1) @ v
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
+            prefix_bias: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention of suffix queries over their template's prefix keys and their own suffix keys:
+    ``softmax([q kp^T, q k^T] / sqrt(d) + [prefix_bias, bias]) [vp; v]``, without copying the
+    prefix keys/values to every prompt (the prefix part is one matmul per template).
+
+    Args:
+        q: (G, heads, W, S', d) queries of W prompts per template (S' = S, or 1 for the EOT rows).
+        k, v: (G, heads, W, S, d) suffix keys and values.
+        kp, vp: (G, heads, P, d) prefix keys and values of each template.
+        prefix_bias: (G, 1, 1, 1, P) additive mask of the prefix positions (-inf past a template's prefix).
+        bias: additive mask of the suffix keys, broadcastable to (G, heads, W, S', S).
+
+    Returns:
+        (G, heads, W, S', d). Plain matmuls: for these short rows (a few query tokens, < 30 keys)
+        faster on CPU than ``scaled_dot_product_attention`` with a mask.
+    """
+    g, h, w, sq, d = q.shape
+    p = kp.shape[-2]
+    q = q * d ** -0.5
+    prefix = (q.reshape(g, h, w * sq, d) @ kp.transpose(-2, -1)).view(g, h, w, sq, p)
+    probs = torch.softmax(torch.cat([prefix + prefix_bias, q @ k.transpose(-2, -1) + bias], dim=-1), dim=-1)
+    out = probs[..., p:] @ v
+    out += (probs[..., :p].reshape(g, h, w * sq, p) @ vp).view(g, h, w, sq, d)
+    return out
 
 
 @torch.no_grad()
@@ -235,43 +255,38 @@ def _encode_suffixes(tower: _CausalTower, kv: list[torch.Tensor], plen: torch.Te
     b = g * nw
     p = kv[0].shape[1]
     width = model.positional_embedding.shape[-1]
+    heads = tower.blocks[0].attn.num_heads
+    hd = width // heads
     ar = torch.arange(s, device=device)
     pos = (plen[:, None, None] + ar).clamp_(max=model.positional_embedding.shape[0] - 1)
     valid = (ar < slen[..., None]).reshape(b, s)                         # real suffix tokens
     flat = valid.reshape(-1).nonzero().squeeze(1)                        # packed -> padded row
     x = (model.token_embedding(suffix) + model.positional_embedding[pos]).reshape(b * s, width)[flat]
-    # each prompt's rows: [its template's prefix (P), its suffix (S)]; keys it may see: the
-    # real prefix positions, then its own suffix causally
-    buf = x.new_zeros(g, nw, p + s, 3 * width)
-    rows = x.new_zeros(b * s, 3 * width)
-    see = torch.cat([(torch.arange(p, device=device) < plen[:, None])[:, None, None, :].expand(g, nw, s, p),
-                     (ar[None, :] <= ar[:, None]).expand(g, nw, s, s)], dim=-1).reshape(b, 1, s, p + s)
-    bias = torch.zeros(see.shape, device=device).masked_fill_(~see, float("-inf"))
-    eot = (slen - 1).reshape(b)
-    sel = torch.arange(b, device=device)
+    # keys a prompt may see: its template's real prefix positions, then its own suffix causally
+    prefix_bias = torch.zeros(g, 1, 1, 1, p, device=device).masked_fill_(
+        ~(torch.arange(p, device=device) < plen[:, None]).view(g, 1, 1, 1, p), float("-inf"))
+    causal = torch.zeros(s, s, device=device).masked_fill_(ar[None, :] > ar[:, None], float("-inf"))
+    eot = slen - 1                                                       # (G, W)
+    eot_bias = torch.zeros(g, 1, nw, 1, s, device=device).masked_fill_(
+        (ar > eot[..., None]).view(g, 1, nw, 1, s), float("-inf"))
     # packed index of each prompt's EOT token
     packed = torch.full((b * s,), -1, dtype=torch.long, device=device)
     packed[flat] = torch.arange(len(flat), device=device)
-    eot_rows = packed.view(b, s)[sel, eot]
+    eot_rows = packed.view(b, s)[torch.arange(b, device=device), eot.reshape(b)]
+    rows = x.new_zeros(b * s, 3 * width)
     last = len(tower.blocks) - 1
     for i, blk in enumerate(tower.blocks):
-        heads = blk.attn.num_heads
-        hd = width // heads
         qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)   # packed (T, 3w)
         rows.index_copy_(0, flat, qkv)
-        buf[:, :, p:] = rows.view(g, nw, s, 3 * width)
-        buf[:, :, :p, width:] = kv[i][:, None]
-        flatbuf = buf.view(b, p + s, 3, heads, hd)
-        keys = flatbuf[:, :, 1].transpose(1, 2)
-        values = flatbuf[:, :, 2].transpose(1, 2)
+        q, k, v = rows.view(g, nw, s, 3, heads, hd).permute(3, 0, 4, 1, 2, 5).contiguous().unbind(0)
+        kp, vp = kv[i].view(g, p, 2, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         if i < last:
-            q = flatbuf[:, p:, 0].transpose(1, 2)
-            a = _attend(q, keys, values, bias)
-            x = _finish(blk, x, a.transpose(1, 2).reshape(b * s, width)[flat])
+            a = _attend(q, k, v, kp, vp, prefix_bias, causal)                        # (G, heads, W, S, d)
+            x = _finish(blk, x, a.permute(0, 2, 3, 1, 4).reshape(b * s, width)[flat])
         else:  # only the EOT rows are read after the last layer
-            q = qkv[eot_rows, :width].view(b, 1, heads, hd).transpose(1, 2)
-            a = _attend(q, keys, values, bias[sel, :, eot][:, :, None])
-            x = _finish(blk, x[eot_rows], a.reshape(b, width))
+            qe = q.gather(3, eot.view(g, 1, nw, 1, 1).expand(g, heads, nw, 1, hd))
+            a = _attend(qe, k, v, kp, vp, prefix_bias, eot_bias)                     # (G, heads, W, 1, d)
+            x = _finish(blk, x[eot_rows], a.permute(0, 2, 3, 1, 4).reshape(b, width))
     return tower.project(x).view(g, nw, -1)
 
 
@@ -355,36 +370,69 @@ def encode_template_prompts(clip: LoadedCLIP, words: Sequence[str], templates: S
 
 
 # --------------------------------------------------------------------------- cache
+#: format tag written with every cache entry (entries of other formats are rebuilt)
+CACHE_FORMAT = "ovss-text-embeddings/2"
+
+
 def _key(clip: LoadedCLIP, words: Sequence[str], templates: Sequence[str], **extra: Any) -> str:
     payload = json.dumps({"model": clip.name, "weights": clip.fingerprint,
                           "templates": list(templates), "words": list(words), **extra})
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path, n: int) -> torch.Tensor | None:
+def _checksum(emb: torch.Tensor) -> str:
+    """SHA-256 of the raw bytes of a contiguous CPU tensor."""
+    return hashlib.sha256(emb.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def read_cache_entry(path: Path, rows: int, width: int) -> torch.Tensor | None:
+    """A cache entry's (rows, width) float32 embeddings, or None when there is none or it is unsound.
+
+    An entry is used only when all of these hold: it is a safetensors file of this cache format,
+    its tensor is float32 of shape (rows, width) (the caller's query count and the model's embedding
+    width), finite, and the SHA-256 of its bytes equals the checksum written with it. Anything else
+    (a truncated or foreign file, another dtype or width, values changed after writing) is reported
+    with a warning and None is returned, so the caller rebuilds and rewrites the entry.
+    """
     if not path.exists():
         return None
     try:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        emb = load_file(str(path))["embeddings"]
-        if emb.ndim != 2 or emb.shape[0] != n or not torch.isfinite(emb).all():
-            raise ValueError("wrong shape or non-finite values")
-        return emb
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            emb = f.get_tensor("embeddings")
+        if meta.get("format") != CACHE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+        if emb.dtype != torch.float32:
+            raise ValueError(f"dtype {emb.dtype}, expected float32")
+        if tuple(emb.shape) != (rows, width):
+            raise ValueError(f"shape {tuple(emb.shape)}, expected {(rows, width)}")
+        if meta.get("sha256") != _checksum(emb):
+            raise ValueError("content does not match its checksum")
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError("non-finite values")
+        return emb.clone()  # not a view of the file: the entry may be replaced while we run
     except Exception as exc:
         warnings.warn(f"text-embedding cache entry {path} is corrupt ({exc}); rebuilding it", stacklevel=3)
         return None
 
 
-def _write_cache(path: Path, emb: torch.Tensor) -> None:
+def write_cache_entry(path: Path, emb: torch.Tensor) -> None:
+    """Write (rows, width) float32 embeddings with their format, dtype, shape and SHA-256 checksum,
+    atomically (a temporary file, then ``os.replace``: readers see the old entry or the new one).
+    A cache folder that cannot be written is reported with a warning (the result is still used)."""
     from safetensors.torch import save_file
 
+    emb = emb.detach().to("cpu", torch.float32).contiguous()
+    meta = {"format": CACHE_FORMAT, "dtype": "float32", "rows": str(emb.shape[0]), "width": str(emb.shape[1]),
+            "sha256": _checksum(emb)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"embeddings": emb.contiguous().cpu()}, tmp)
+            save_file({"embeddings": emb}, tmp, metadata=meta)
             os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
         finally:
             if os.path.exists(tmp):
@@ -406,7 +454,8 @@ def class_embeddings(clip: LoadedCLIP, words: Sequence[str], templates: Sequence
     prompts batched, trimmed at EOT, prefix KV cache per template) and L2-normalised; the mean
     over templates is L2-normalised again (SCLIP ``clip_segmentor.py``). The result is cached
     on disk under :func:`cache_dir`, keyed by model name, text-weight fingerprint, templates
-    and words; a corrupt entry is reported with a warning and rebuilt.
+    and words; an unsound entry (unreadable, another dtype or width, content that does not match
+    the checksum written with it: :func:`read_cache_entry`) is reported with a warning and rebuilt.
 
     Args:
         clip: the loaded CLIP model.
@@ -421,7 +470,8 @@ def class_embeddings(clip: LoadedCLIP, words: Sequence[str], templates: Sequence
         feats = F.normalize(encode_template_prompts(clip, words, templates), dim=-1)   # (Q, T, D)
         return F.normalize(feats.mean(dim=1), dim=-1)
 
-    return _cached(cache_path(clip, words, templates), len(words), compute, use_cache).to(_device(clip))
+    return _cached(cache_path(clip, words, templates), len(words), _embed_dim(clip.model), compute,
+                   use_cache).to(_device(clip))
 
 
 def group_embeddings(clip: LoadedCLIP, groups: Sequence[Sequence[str]], templates: Sequence[str],
@@ -447,17 +497,17 @@ def group_embeddings(clip: LoadedCLIP, groups: Sequence[Sequence[str]], template
         return F.normalize(torch.stack(means), dim=-1)
 
     path = cache_dir() / f"{_key(clip, words, templates, groups=groups)}.safetensors"
-    return _cached(path, len(groups), compute, use_cache).to(_device(clip))
+    return _cached(path, len(groups), _embed_dim(clip.model), compute, use_cache).to(_device(clip))
 
 
-def _cached(path: Path, n: int, compute: Callable[[], torch.Tensor], use_cache: bool) -> torch.Tensor:
-    """(n, D) embeddings from the cache entry ``path`` when it is there and sound, else
-    ``compute()`` (written to ``path`` atomically)."""
+def _cached(path: Path, n: int, width: int, compute: Callable[[], torch.Tensor], use_cache: bool) -> torch.Tensor:
+    """(n, width) embeddings from the cache entry ``path`` when it is there and sound
+    (:func:`read_cache_entry`), else ``compute()`` (written to ``path`` atomically)."""
     if use_cache:
-        hit = _read_cache(path, n)
+        hit = read_cache_entry(path, n, width)
         if hit is not None:
             return hit
     emb = compute()
     if use_cache:
-        _write_cache(path, emb)
+        write_cache_entry(path, emb)
     return emb

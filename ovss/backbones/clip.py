@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import nn
 from ..checkpoints import CHECKPOINT_SUFFIXES, load_into, load_state_dict
 from ..download import download_url, url_reachable
 from ..errors import ModelLoadError, UnknownNameError, did_you_mean
+from ..fileio import atomic_write_text, cache_root
 
 
 @dataclass
@@ -154,6 +156,43 @@ def offline_help(what: str, flag: str = "--pretrained") -> str:
             "/path/to/weights.safetensors (or copy the hub cache to HF_HOME)")
 
 
+#: ``torch.nn.init`` functions that :func:`no_init` turns off (every initialiser torch's layers
+#: and open_clip's ``init_parameters`` call)
+INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                "sparse_")
+
+
+@contextlib.contextmanager
+def no_init() -> Iterator[None]:
+    """Within this block, ``torch.nn.init`` initialisers called from this thread do nothing: the
+    modules built here keep uninitialised parameters (``torch.empty``, whose pages are not even
+    touched), for a network whose every parameter a checkpoint then replaces
+    (``load_into(..., assign=True)``). Buffers are computed as usual (CLIP's causal mask).
+
+    The technique of ``transformers``' ``no_init_weights``. A random initialisation of ViT-B/16
+    CLIP costs ~1-2 s on a 2-core CPU (``uniform_`` / ``normal_`` over 150M values); other threads
+    keep the real initialisers.
+    """
+    owner = threading.get_ident()
+    saved = {name: getattr(nn.init, name) for name in INITIALISERS if hasattr(nn.init, name)}
+
+    def skip(original: Callable[..., Any]) -> Callable[..., Any]:
+        def initialiser(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == owner:
+                return tensor
+            return original(tensor, *args, **kwargs)
+        return initialiser
+
+    for name, fn in saved.items():
+        setattr(nn.init, name, skip(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def text_fingerprint(model: nn.Module) -> str:
     """SHA-256 (16 hex digits) of every parameter and buffer outside ``model.visual``: names,
     shapes, dtypes and raw bytes.
@@ -173,6 +212,83 @@ def text_fingerprint(model: nn.Module) -> str:
             t = t.contiguous()
         h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies a file's content without reading it: its real path, size, modification and
+    status-change times (ns) and inode. Any write to the file changes the status-change time
+    (``st_ctime``, which no user call can set back), so an unchanged identity means unchanged bytes.
+
+    Raises:
+        OSError: the file cannot be stat'ed.
+    """
+    st = os.stat(path)
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
+
+
+def remembered_fingerprint(identity: dict[str, Any], compute: Callable[[], str], kind: str = "text") -> str:
+    """The ``kind`` fingerprint of a weights file, computed once per file version and remembered.
+
+    Computing :func:`text_fingerprint` hashes every text-tower byte (~0.25 s for ViT-B/16) on each
+    start; instead its value is stored under ``$OVSS_CACHE/fingerprints`` (see
+    :func:`ovss.fileio.cache_root`) with the file's :func:`file_identity`, and reused while the
+    file's identity is the same. A changed file (rewritten, replaced, touched) has another identity,
+    so its fingerprint is computed again: a stale value is never served.
+
+    Args:
+        identity: :func:`file_identity` of the file, taken *before* its weights were read.
+        compute: returns the fingerprint of the weights as loaded.
+        kind: what the fingerprint covers (one stored value per kind and file).
+
+    Returns:
+        The fingerprint (``compute()``'s value, or the one stored for this identity).
+    """
+    name = hashlib.sha256(f"{kind}|{identity['path']}".encode()).hexdigest()[:32]
+    store = cache_root() / "fingerprints" / f"{name}.json"
+    try:
+        entry = json.loads(store.read_text())
+        if entry.get("file") == identity and entry.get("kind") == kind and isinstance(entry.get("fingerprint"), str):
+            return entry["fingerprint"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    value = compute()
+    try:
+        if file_identity(identity["path"]) == identity:  # not changed while it was read
+            store.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(store, json.dumps({"file": identity, "kind": kind, "fingerprint": value}))
+    except OSError:
+        pass  # a read-only cache only costs the hash on the next start
+    return value
+
+
+class LazyTokenizer:
+    """open_clip's tokenizer for a model, built on its first call (building it reads and parses
+    the BPE vocabulary, ~0.3 s, which a run whose class embeddings come from the cache never needs).
+
+    Calling it is ``open_clip.get_tokenizer(name)(texts)``: a list of strings to (N, context_length)
+    int64 token ids.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tokenizer: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def tokenizer(self) -> Callable[..., torch.Tensor]:
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.name)
+        return self._tokenizer
+
+    def __call__(self, texts: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self.tokenizer, attr)
 
 
 def load_clip(model: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedCLIP:
@@ -204,27 +320,40 @@ def load_clip(model: str, pretrained: str | None = None, device: str | torch.dev
                                    f"{did_you_mean(pretrained, tags)}{hint} "
                                    "Or pass the path of a local checkpoint file")
         net = _create_from_hub(name, pretrained)
+        fingerprint = text_fingerprint(net)
+    elif pretrained:
+        try:
+            identity: dict[str, Any] | None = file_identity(pretrained)  # before reading: see remembered_fingerprint
+        except OSError:
+            identity = None  # the reader says what is wrong with the path
+        sd = load_state_dict(pretrained)  # the safe reader; safetensors memory-mapped
+        if not any(k.startswith("visual.") for k in sd):
+            raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
+                                 "(no 'visual.*' keys): is it the right file?")
+        # the checkpoint replaces every parameter: build the network without random initialisation
+        # and take the checkpoint's tensors as they are (assign: no copy)
+        with _quiet_open_clip(), no_init():
+            net = open_clip.create_model(name, pretrained=None)
+        if "input_resolution" in sd and not _quick_gelu(net):
+            # OpenAI's release files (the only ones with these keys) hold QuickGELU networks
+            warnings.warn(f"{pretrained} is an OpenAI CLIP release, trained with QuickGELU, but model {name!r} "
+                          f"uses GELU: pass model={name + '-quickgelu'!r} (or a config with "
+                          '"quick_gelu": true) for its numbers', stacklevel=2)
+        sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+        load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                  f"{pretrained} into {name}", assign=True)
+        fingerprint = ""
     else:
         with _quiet_open_clip():
             net = open_clip.create_model(name, pretrained=None)
-        if pretrained:
-            sd = load_state_dict(pretrained)
-            if not any(k.startswith("visual.") for k in sd):
-                raise ModelLoadError(f"{pretrained} does not look like a CLIP checkpoint "
-                                     "(no 'visual.*' keys): is it the right file?")
-            if "input_resolution" in sd and not _quick_gelu(net):
-                # OpenAI's release files (the only ones with these keys) hold QuickGELU networks
-                warnings.warn(f"{pretrained} is an OpenAI CLIP release, trained with QuickGELU, but model {name!r} "
-                              f"uses GELU: pass model={name + '-quickgelu'!r} (or a config with "
-                              '"quick_gelu": true) for its numbers', stacklevel=2)
-            sd = {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-            load_into(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                      f"{pretrained} into {name}")
+        fingerprint = text_fingerprint(net)
     net = net.float().eval().to(device)
     for p in net.parameters():
         p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(name)
-    return LoadedCLIP(net, tokenizer, name, pretrained or "", text_fingerprint(net), cfg)
+    if not fingerprint:
+        fingerprint = (remembered_fingerprint(identity, lambda: text_fingerprint(net)) if identity is not None
+                       else text_fingerprint(net))
+    return LoadedCLIP(net, LazyTokenizer(name), name, pretrained or "", fingerprint, cfg)
 
 
 def _quick_gelu(net: nn.Module) -> bool:

@@ -10,12 +10,12 @@ Inference", ECCV 2024, Sec. 4 (Eq. 7); ``mc-lan/ClearCLIP``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, split_heads
 from ..protocols import CLEARCLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
-from .sclip import self_self_attention
 
 
 class ClearCLIP(DenseCLIPSegmenter):
@@ -29,4 +29,4 @@ class ClearCLIP(DenseCLIPSegmenter):
 
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         q, _, v = split_heads(block, block.ln_1(x))
-        return merge_heads(block, self_self_attention(q, q.shape[-1] ** -0.5) @ v)
+        return merge_heads(block, F.scaled_dot_product_attention(q, q, v))  # softmax(q q^T / sqrt(d)) v, fused

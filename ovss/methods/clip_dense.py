@@ -444,41 +444,56 @@ class DenseCLIPSegmenter(Segmenter):
         Returns:
             (Q, h, w) float32 (sliding windows / via input) or (Q, h/p, w/p) (whole image).
         """
+        return self.window_logits_batch([image], text)[0]
+
+    @torch.no_grad()
+    def window_logits_batch(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`window_logits` of several network inputs, the sliding windows of all of them
+        through the encoder together (``window_batch`` windows of one size per forward pass; each
+        image's windows are summed in its own order, as one image alone)."""
         p = self.protocol
-        _, _, h, w = image.shape
         if p.crop <= 0:
-            pad = self.thin_padding(h, w)
-            if any(pad):  # thinner than a patch (the official code raises): pad, then crop the logits back
-                logits = torch.einsum("behw,qe->bqhw", self.features(F.pad(image, pad)), text)
-                logits = F.interpolate(logits, size=(h + pad[2] + pad[3], w + pad[0] + pad[1]), mode="bilinear",
-                                       align_corners=False)
-                return logits[0, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
-            logits = torch.einsum("behw,qe->bqhw", self.features(image), text)
-            if self.whole_image_via_input:
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            return logits[0]
-        boxes = window_boxes(h, w, p.crop, p.stride)
-        unique = list(dict.fromkeys(boxes))  # a box listed twice is encoded once, counted twice
-        canvas = image.new_zeros((text.shape[0], h, w))
-        count = image.new_zeros((1, h, w))
-        ch, cw = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
-        pad = self.window_padding(ch, cw)
-        n = self.window_batch(ch + pad[2] + pad[3], cw + pad[0] + pad[1], text.shape[0])
-        for i in range(0, len(unique), n):
-            chunk = unique[i:i + n]
-            crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-            if any(pad):
-                crops = F.pad(crops, pad)
-            logits = torch.einsum("behw,qe->bqhw", self.features(crops), text)
-            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            if any(pad):
-                logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
-            for box, lg in zip(chunk, logits):
-                y1, y2, x1, x2 = box
-                for _ in range(boxes.count(box)):
-                    canvas[:, y1:y2, x1:x2] += lg
-                    count[:, y1:y2, x1:x2] += 1
-        return canvas / count
+            out = []
+            for image in images:
+                _, _, h, w = image.shape
+                pad = self.thin_padding(h, w)
+                if any(pad):  # thinner than a patch (the official code raises): pad, then crop the logits back
+                    logits = torch.einsum("behw,qe->bqhw", self.features(F.pad(image, pad)), text)
+                    logits = F.interpolate(logits, size=(h + pad[2] + pad[3], w + pad[0] + pad[1]),
+                                           mode="bilinear", align_corners=False)
+                    out.append(logits[0, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w])
+                    continue
+                logits = torch.einsum("behw,qe->bqhw", self.features(image), text)
+                if self.whole_image_via_input:
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                out.append(logits[0])
+            return out
+        canvases, counts = [], []
+        jobs: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int], int]]] = {}  # by window size
+        for k, image in enumerate(images):
+            _, _, h, w = image.shape
+            canvases.append(image.new_zeros((text.shape[0], h, w)))
+            counts.append(image.new_zeros((1, h, w)))
+            boxes = window_boxes(h, w, p.crop, p.stride)
+            for box in dict.fromkeys(boxes):  # a box listed twice is encoded once, counted twice
+                jobs.setdefault((box[1] - box[0], box[3] - box[2]), []).append((k, box, boxes.count(box)))
+        for (ch, cw), todo in jobs.items():
+            pad = self.window_padding(ch, cw)
+            n = self.window_batch(ch + pad[2] + pad[3], cw + pad[0] + pad[1], text.shape[0])
+            for i in range(0, len(todo), n):
+                chunk = todo[i:i + n]
+                crops = torch.cat([images[k][:, :, y1:y2, x1:x2] for k, (y1, y2, x1, x2), _ in chunk])
+                if any(pad):
+                    crops = F.pad(crops, pad)
+                logits = torch.einsum("behw,qe->bqhw", self.features(crops), text)
+                logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+                if any(pad):
+                    logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
+                for (k, (y1, y2, x1, x2), times), lg in zip(chunk, logits):
+                    for _ in range(times):
+                        canvases[k][:, y1:y2, x1:x2] += lg
+                        counts[k][:, y1:y2, x1:x2] += 1
+        return [canvas / count for canvas, count in zip(canvases, counts)]
 
     @torch.no_grad()
     def raw_logits(self, image: torch.Tensor, text: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -539,7 +554,7 @@ class DenseCLIPSegmenter(Segmenter):
         text = self.text_embeddings(vocab)
         thd = self.effective_threshold(prob_threshold)
         out: dict[str, Any] = {"input": x, "text": text} if trace else {}
-        if 4 * text.shape[0] * height * width > self.full_res_budget and self.capabilities.tiling:
+        if self._tiles(text, height, width):
             scores, labels = self._tiled(x, text, (height, width), vocab, thd)
         else:
             raw = self.refine(x, self.raw_logits(x, text, (height, width)))
@@ -548,6 +563,45 @@ class DenseCLIPSegmenter(Segmenter):
             scores, labels = postprocess(raw, vocab, self.protocol.logit_scale, thd,
                                          self.protocol.area_threshold, self.renormalize)
         return Segmentation(scores, labels, settings={"prob_threshold": thd}, trace=out)
+
+    #: images per :meth:`segment_batch` in ``predict_batch``: their sliding windows share forward passes
+    batch_images: ClassVar[int] = 8
+
+    @torch.no_grad()
+    def segment_batch(self, rgbs: Sequence[np.ndarray], vocab: Vocabulary, *, prob_threshold: float | None = None,
+                      image_ids: Sequence[str | None] | None = None) -> list[Segmentation]:
+        """:meth:`segment` of several images, their sliding windows through the encoder together
+        (:meth:`window_logits_batch`); photos large enough for the tiled path go one by one."""
+        text = self.text_embeddings(vocab)
+        thd = self.effective_threshold(prob_threshold)
+        p = self.protocol
+        out: list[Segmentation | None] = [None] * len(rgbs)
+        batches: list[list[tuple[int, torch.Tensor]]] = [[]]
+        held = 0  # bytes of the window-logit canvases of the current batch (bounded like one image's logits)
+        for i, rgb in enumerate(rgbs):
+            if self._tiles(text, *rgb.shape[:2]):
+                out[i] = self.segment(rgb, vocab, prob_threshold=prob_threshold)
+                continue
+            x = self.preprocess(rgb)
+            size = 4 * text.shape[0] * x.shape[-2] * x.shape[-1]
+            if batches[-1] and held + size > self.full_res_budget:
+                batches.append([])
+                held = 0
+            batches[-1].append((i, x))
+            held += size
+        for batch in batches:
+            lows = self.window_logits_batch([x for _, x in batch], text)
+            for (i, x), low in zip(batch, lows):
+                raw = F.interpolate(low[None], size=rgbs[i].shape[:2], mode="bilinear", align_corners=False)[0]
+                scores, labels = postprocess(self.refine(x, raw), vocab, p.logit_scale, thd, p.area_threshold,
+                                             self.renormalize)
+                out[i] = Segmentation(scores, labels, settings={"prob_threshold": thd})
+        return [s for s in out if s is not None]
+
+    def _tiles(self, text: torch.Tensor, height: int, width: int) -> bool:
+        """Whether an image of this size takes the tiled path (its (Q, H, W) logits pass
+        :attr:`full_res_budget`)."""
+        return 4 * text.shape[0] * height * width > self.full_res_budget and self.capabilities.tiling
 
     def _tiled(self, image: torch.Tensor, text: torch.Tensor, out_size: tuple[int, int], vocab: Vocabulary,
                prob_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

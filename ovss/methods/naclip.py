@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, split_heads
@@ -58,8 +59,8 @@ class NACLIP(DenseCLIPSegmenter):
 
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         _, k, v = split_heads(block, block.ln_1(x))
-        logits = (k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5 + self.neighbourhood(grid, k)
-        return merge_heads(block, torch.softmax(logits, dim=-1) @ v)
+        # softmax(k k^T / sqrt(d) + G) v as one fused attention with G as its additive mask
+        return merge_heads(block, F.scaled_dot_product_attention(k, k, v, attn_mask=self.neighbourhood(grid, k)))
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "gaussian_std": self.gaussian_std}

@@ -9,16 +9,12 @@ included); the block keeps its residual and FFN.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
 from ..protocols import SCLIP_PROTOCOLS
 from .clip_dense import DenseCLIPSegmenter
-
-
-def self_self_attention(q: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q q^T * scale) over the last axis; q (B, H, T, d) -> (B, H, T, T)."""
-    return torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
 
 
 class SCLIP(DenseCLIPSegmenter):
@@ -32,6 +28,7 @@ class SCLIP(DenseCLIPSegmenter):
 
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         q, k, v = split_heads(block, block.ln_1(x))
-        s = q.shape[-1] ** -0.5
-        attn = self_self_attention(q, s) + self_self_attention(k, s)
-        return residual_ffn(block, x, merge_heads(block, attn @ v))
+        # (softmax(q q^T s) + softmax(k k^T s)) v as two fused attentions (equal up to float
+        # summation order; the official forms the sum of the maps first)
+        out = F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v)
+        return residual_ffn(block, x, merge_heads(block, out))

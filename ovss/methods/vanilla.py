@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.vit_dense import merge_heads, residual_ffn, split_heads
@@ -21,8 +22,7 @@ from .clip_dense import DenseCLIPSegmenter
 def qk_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Standard attention branch ``out_proj(softmax(q k^T / sqrt(d)) v)`` of ``ln_1(x)``, (B, T, D)."""
     q, k, v = split_heads(block, block.ln_1(x))
-    attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
-    return merge_heads(block, attn @ v)
+    return merge_heads(block, F.scaled_dot_product_attention(q, k, v))
 
 
 class VanillaCLIP(DenseCLIPSegmenter):
