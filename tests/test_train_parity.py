@@ -5,7 +5,8 @@ matchings, learning rates, per-group gradient norms and updated weights.
 
 Bars (the fixtures' README explains them): loss terms, gradient norms and weights within 1e-5 relative,
 or within 4x what the official code itself moves when run with 2 threads instead of 1 (recorded in each
-manifest as ``official_self_noise``) where that is larger (the deep ResNet-101 of ZSSeg / ZegFormer);
+manifest as ``official_self_noise``) where that is larger (the deep ResNet-101 of ZSSeg / ZegFormer; FC-CLIP
+after its first update, see the test);
 weights are compared relative to their tensor's scale, and elements whose step-1 gradient is below 1e-2
 of their tensor's RMS (Adam's epsilon regime) only up to one update; FC-CLIP's importance-sampling
 near ties (recorded gaps) loosen the mask terms of that decoder layer. On a CPU of another SIMD class
@@ -79,16 +80,18 @@ def _run(task: Any, cap: Capture, out: Path, iters: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _compare(man: dict[str, Any], z: dict[str, np.ndarray], cap: Capture, use_noise: bool,
+def _compare(man: dict[str, Any], z: dict[str, np.ndarray], cap: Capture, noise_from: int,
              near_tie_terms: Callable[[int], set[str]] = lambda i: set()) -> dict[str, float]:
     """Assert the bars of the module docstring; return the measured worst values (printed with -s).
 
-    ``use_noise``: widen every bar to 4x the official code's own thread-count variation (deep stacks);
-    on another CPU class this is always done, and the strict bars are 10x wider."""
+    ``noise_from``: from this iteration on, widen every bar to 4x the official code's own thread-count
+    variation (1: every iteration, for deep stacks); on another CPU class this is always done, and the
+    strict bars are 10x wider."""
     same = _same_cpu(man)
     factor = 1.0 if same else 10.0
-    use_noise = use_noise or not same
-    noise = {s["iteration"]: s for s in man["official_self_noise"]["steps"]} if use_noise else {}
+    if not same:
+        noise_from = 1
+    noise = {s["iteration"]: s for s in man["official_self_noise"]["steps"] if s["iteration"] >= noise_from}
     assert sorted(n for n, p in cap.params.items() if p.requires_grad) == man["trainable"]
     worst = {"loss": 0.0, "grad": 0.0, "weight": 0.0, "lr": 0.0}
     for i, st in enumerate(man["steps"]):
@@ -221,7 +224,11 @@ def test_fc_clip_training_step_matches_official(parity_dir: Path, tmp_path: Path
                 out |= {"loss_mask" + suffix, "loss_dice" + suffix}
         return out
 
-    worst = _compare(man, z, cap, False, near_ties)
+    # iteration 1 at the strict bars; later ones at the official code's own noise: FC-CLIP's text classifier
+    # comes from ovss's prefix-shared text encoder (float32 rounding ~1e-7 from the official full-sequence
+    # encode), which one update lifts to ~2e-5 on iteration 2's mask loss (the official code moves by
+    # 9e-5 there between 1 and 2 threads)
+    worst = _compare(man, z, cap, 2, near_ties)
     assert _moved(man, z, initial) > 1000
     print("fc_clip", worst)
 
@@ -284,6 +291,6 @@ def test_maskformer_training_step_matches_official(method: str, parity_dir: Path
 
     task.losses = recording_losses  # type: ignore[method-assign]
     _run(task, cap, tmp_path / "out", len(man["steps"]))
-    worst = _compare(man, z, cap, True)
+    worst = _compare(man, z, cap, 1)
     assert _moved(man, z, initial) > 1000
     print(method, worst)
