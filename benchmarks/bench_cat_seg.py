@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,24 +39,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PARITY = HERE.parents[1] / "shared" / "parity"
+sys.path.insert(0, str(HERE))
 
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores, torch version, GPU name."""
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+from bench_clip import machine_info  # noqa: E402  (one definition of the machine line)
 
 
 def peak_rss_mib() -> float:
