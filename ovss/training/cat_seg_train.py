@@ -53,7 +53,7 @@ from ..importers.d2config import load_config
 from ..methods.cat_seg import TEMPLATE, prompt_word, read_class_json
 from ..models.cat_seg import CATSegConfig, CATSegNet
 from ..models.cat_seg_clip import split_qkv
-from .augment import SemanticAug, maskformer_semantic, sample_random
+from .augment import SemanticAug
 from .engine import LRFactor
 from .maskformer_train import SeenClassDataset, read_names
 
@@ -337,10 +337,7 @@ class CATSegTask:
     def load(self, position: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """One sample after the semantic mapper: (384, 384, 3) uint8 image, (384, 384) int64 labels."""
         assert self.data is not None
-        img, lab = self.data.load(index)
-        if not self.opts.augment:
-            return img, lab.astype(np.int64)
-        return maskformer_semantic(img, lab, sample_random(self.opts.seed, position), self.aug)
+        return self.data.mapped(index, position, self.opts.seed, self.aug if self.opts.augment else None)
 
     def num_targets(self, samples: list[Any]) -> int:
         return 0  # the loss is a per-pixel mean: nothing to normalise across ranks

@@ -263,6 +263,15 @@ class SeenClassDataset:
             raise DatasetError(f"label {lab_path} is not a single-channel map of the image's size")
         return img, self.lut[lab]
 
+    def mapped(self, i: int, position: int, seed: int, aug: SemanticAug | None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` at stream ``position`` through MaskFormer's semantic mapper
+        (:func:`ovss.training.augment.maskformer_semantic`, randomness from ``(seed, position)``), or as
+        stored with int64 labels when ``aug`` is None."""
+        img, lab = self.load(i)
+        if aug is None:
+            return img, lab.astype(np.int64)
+        return maskformer_semantic(img, lab, sample_random(seed, position), aug)
+
 
 def make_batch(pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device, divisor: int = 32) -> tuple[
         torch.Tensor, list[dict[str, torch.Tensor]]]:
@@ -472,10 +481,7 @@ class ProposalTrainer:
 
     def load(self, position: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.data is not None
-        img, lab = self.data.load(index)
-        if not self.cfg.augment:
-            return img, lab.astype(np.int64)
-        return maskformer_semantic(img, lab, sample_random(self.cfg.seed, position), self.aug)
+        return self.data.mapped(index, position, self.cfg.seed, self.aug if self.cfg.augment else None)
 
     def num_targets(self, samples: list[tuple[np.ndarray, np.ndarray]]) -> int:
         return sum(int(np.sum(np.unique(lab) != IGNORE)) for _, lab in samples)
