@@ -382,6 +382,17 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).tensors
 
 
+def state_dict_mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> tuple[
+        list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """How ``sd`` fails to fit a module whose ``state_dict()`` is ``own``: the keys it lacks, the keys
+    the module lacks, and ``(key, shape in sd, shape in the module)`` for tensors of another shape
+    (each list in ``own``'s / ``sd``'s order; all empty when it fits)."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and sd[k].shape != own[k].shape]
+    return missing, unexpected, wrong
+
+
 def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: tuple[str, ...] = (),
               *, assign: bool = False) -> None:
     """Load ``sd`` strictly into ``module``, raising one readable error on any mismatch.
@@ -394,11 +405,8 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, drop: t
         ModelLoadError: keys are missing or unexpected, or a tensor has the wrong shape.
     """
     sd = {k: v for k, v in sd.items() if k not in drop}
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
+    missing, unexpected, reshaped = state_dict_mismatch(module.state_dict(), sd)
+    wrong = [f"{k} {got} vs {want}" for k, got, want in reshaped]
     if missing or unexpected or wrong:
         parts = []
         if wrong:

@@ -345,11 +345,10 @@ def load_checkpoint_into(net: CATSegNet, sd: dict[str, torch.Tensor], name: str)
         ModelLoadError: one line naming the missing, unexpected and wrongly shaped keys (in the
             official naming).
     """
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{_official(k)} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
+    from ..checkpoints import state_dict_mismatch
+
+    missing, unexpected, reshaped = state_dict_mismatch(net.state_dict(), sd)
+    wrong = [f"{_official(k)} {got} vs {want}" for k, got, want in reshaped]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
