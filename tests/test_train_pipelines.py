@@ -36,6 +36,25 @@ def test_lsj_matches_fc_clip_mapper(fixture) -> None:
             assert np.array_equal(np.stack([ids == seg["id"] for seg in kept]), masks), (k, s)
 
 
+# OpenCV's uint8 HSV -> BGR conversion (the SSD colour augmentation's saturation and hue steps) rounds
+# differently on different CPUs: on this fixture's Intel AVX-512 machine ovss matched the official mapper
+# bitwise; on an AMD EPYC (Zen 4) every semantic case differs, by at most 4 grey levels in at most 28% of
+# the values (mean 0.48), with OpenCV 4.10-5.1 alike. Even one OpenCV build differs from itself: with
+# cv2.setUseOptimized(False) 15 of 196,608 values of a random image's round trip move by 1. So images are
+# compared bitwise where they agree and otherwise held to bounds that a real change breaks: rounding
+# _convert instead of truncating, or rounding the brightness shift, gives max 10-11, 75% of values, mean 1.0+.
+COLOUR_MAX, COLOUR_FRACTION, COLOUR_MEAN = 6, 0.4, 0.6
+
+
+def assert_colour_aug_equal(ours: np.ndarray, official: np.ndarray, tag: str) -> None:
+    assert ours.shape == official.shape and ours.dtype == official.dtype, tag
+    if np.array_equal(ours, official):
+        return
+    d = np.abs(ours.astype(np.int64) - official)
+    assert d.max() <= COLOUR_MAX and (d > 0).mean() <= COLOUR_FRACTION and d.mean() <= COLOUR_MEAN, \
+        (tag, int(d.max()), float((d > 0).mean()), float(d.mean()))
+
+
 @pytest.mark.parametrize("area", [1.0, 0.5])
 def test_semantic_mapper_matches_maskformer(fixture, area: float) -> None:
     man, z = fixture
@@ -48,7 +67,7 @@ def test_semantic_mapper_matches_maskformer(fixture, area: float) -> None:
         for s in man["seeds"]:
             tag = f"area{int(area * 100)}_{k}_{s}"
             image, labels = maskformer_semantic(z[f"image_{k}"], z[f"sem_{k}"], AugRandom.from_seed(s), aug)
-            assert np.array_equal(image.transpose(2, 0, 1), z[f"semantic_image_{tag}"]), tag
+            assert_colour_aug_equal(image.transpose(2, 0, 1), z[f"semantic_image_{tag}"], tag)
             assert np.array_equal(labels, z[f"semantic_sem_{tag}"].astype(np.int64)), tag
             classes = np.unique(labels)
             assert classes[classes != 255].tolist() == z[f"semantic_classes_{tag}"].tolist()
