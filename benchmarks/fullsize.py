@@ -177,8 +177,18 @@ def maskformer(work: Path, method: str, clip: tuple[str, str]) -> str:
 
     target = work / ("zsseg_r101c.pth" if method == "zsseg" else "zegformer_r101.pth")
     if not target.is_file():
+        prompts = ""
+        if method == "zsseg":  # the released ZSSeg holds learned prompts: random ones of the official shape
+            from ovss.backbones.clip import load_clip
+            from ovss.methods.two_stage import LearnablePrompts
+
+            torch.manual_seed(0)
+            learner = LearnablePrompts(load_clip(clip[0], clip[1], "cpu"), 16, 0)
+            prompts = str(work / "zsseg_prompts_random.pth")
+            state = rounded({k: v.detach() for k, v in learner.state_dict().items()})
+            torch.save({"model": {"clip_adapter.prompt_learner." + k: v for k, v in state.items()}}, prompts)
         cfg = TrainConfig(method=method, clip_model=clip[0], clip_pretrained=clip[1],
-                          prompt="learnable" if method == "zsseg" else "", seed=0)
+                          prompt="learnable" if method == "zsseg" else "", prompt_checkpoint=prompts, seed=0)
         state = ProposalTrainer(cfg).model_state()
         state["model"] = rounded(state["model"])
         state.pop("ovss_train", None)
