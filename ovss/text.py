@@ -43,6 +43,7 @@ from torch import nn
 from .backbones.clip import LoadedCLIP
 from .backbones.vit_dense import mlp
 from .fileio import cache_root
+from .kernels import linear, linear_module
 
 
 def _openai_imagenet_templates() -> tuple[str, ...]:
@@ -178,7 +179,7 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def _finish(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
     """Residual + out_proj of the attention output, then the FFN residual (open_clip
     ``ResidualAttentionBlock.forward``). x, attn_out: (..., width) with heads merged."""
-    x = x + block.ls_1(block.attn.out_proj(attn_out))
+    x = x + block.ls_1(linear_module(block.attn.out_proj, attn_out))
     return x + block.ls_2(mlp(block.mlp, block.ln_2(x)))
 
 
@@ -223,7 +224,7 @@ def _prefix_kv(tower: _CausalTower, prefix: torch.Tensor) -> list[torch.Tensor]:
     kv = []
     for i, blk in enumerate(tower.blocks):
         heads = blk.attn.num_heads
-        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
+        qkv = linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)
         width = x.shape[-1]
         kv.append(qkv[..., width:])
         if i == len(tower.blocks) - 1:
@@ -276,7 +277,7 @@ def _encode_suffixes(tower: _CausalTower, kv: list[torch.Tensor], plen: torch.Te
     rows = x.new_zeros(b * s, 3 * width)
     last = len(tower.blocks) - 1
     for i, blk in enumerate(tower.blocks):
-        qkv = F.linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)   # packed (T, 3w)
+        qkv = linear(blk.ln_1(x), blk.attn.in_proj_weight, blk.attn.in_proj_bias)   # packed (T, 3w)
         rows.index_copy_(0, flat, qkv)
         q, k, v = rows.view(g, nw, s, 3, heads, hd).permute(3, 0, 4, 1, 2, 5).contiguous().unbind(0)
         kp, vp = kv[i].view(g, p, 2, heads, hd).permute(2, 0, 3, 1, 4).contiguous().unbind(0)

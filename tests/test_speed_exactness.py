@@ -201,3 +201,25 @@ def test_bad_engine_options_are_clear_errors(tiny_clip):
         ovss.create_segmenter("sclip", clip=tiny_clip, classes=["cat"], batch_size=0)
     seg = ovss.create_segmenter("sclip", clip=tiny_clip, classes=["cat"], batch_size="auto")
     assert seg.batch_size is None and seg.settings()["batch_size"] == "auto"
+
+
+@pytest.mark.parametrize("shape", [(5, 32), (2, 7, 32), (2, 3, 5, 32), (0, 32)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_equals_f_linear(shape, with_bias):
+    """ovss.kernels.linear (oneDNN on the CPU when no gradient is recorded) computes F.linear's
+    products up to float32 summation order, and leaves autograd and other dtypes to F.linear."""
+    from ovss import kernels
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w, b = torch.randn(64, 32, generator=g), torch.randn(64, generator=g) if with_bias else None
+    ref = F.linear(x, w, b)
+    with torch.no_grad():
+        out = kernels.linear(x, w, b)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    kernels.linear(xg, w, b).sum().backward()  # with autograd on: F.linear, so gradients flow
+    torch.testing.assert_close(xg.grad, w.sum(0).expand_as(x))
+    with torch.no_grad():
+        assert kernels.linear(x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16

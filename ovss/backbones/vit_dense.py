@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..kernels import linear, linear_module
 
 #: ``last_block(block, x, grid) -> tokens``: x (B, 1+N, D) input of the last block, grid (h, w).
 LastBlock = Callable[[nn.Module, torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -122,21 +123,23 @@ def standard_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn: nn.MultiheadAttention = block.attn
     b, t, d = x.shape
     heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, heads, d // heads)
+    qkv = linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, heads, d // heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     a = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
-    x = x + block.ls_1(attn.out_proj(a.transpose(1, 2).reshape(b, t, d)))
+    x = x + block.ls_1(linear_module(attn.out_proj, a.transpose(1, 2).reshape(b, t, d)))
     return x + block.ls_2(mlp(block.mlp, block.ln_2(x)))
 
 
 def mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """An open_clip block's MLP (c_fc, act, c_proj); QuickGELU ``h * sigmoid(1.702 h)`` in place
-    when autograd is off (bitwise the same values)."""
+    """An open_clip block's MLP (c_fc, act, c_proj). When autograd is off: the two products through
+    :func:`ovss.kernels.linear`, and QuickGELU ``h * sigmoid(1.702 h)`` in place (the same values)."""
     act = getattr(module, "gelu", None)
-    if type(act).__name__ != "QuickGELU" or torch.is_grad_enabled() or not hasattr(module, "c_fc"):
+    if (act is None or torch.is_grad_enabled() or not hasattr(module, "c_fc") or not hasattr(module, "c_proj")
+            or len(list(module.children())) != 3):  # open_clip's scale_fc adds a LayerNorm before c_proj
         return module(x)
-    h = module.c_fc(x)
-    return module.c_proj(h.mul_(torch.sigmoid(1.702 * h)))
+    h = linear_module(module.c_fc, x)
+    h = h.mul_(torch.sigmoid(1.702 * h)) if type(act).__name__ == "QuickGELU" else act(h)
+    return linear_module(module.c_proj, h)
 
 
 def run_blocks(visual: nn.Module, x: torch.Tensor, blocks: list[nn.Module] | nn.ModuleList) -> torch.Tensor:
@@ -163,14 +166,14 @@ def split_heads(block: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.
     attn: nn.MultiheadAttention = block.attn
     b, t, d = y.shape
     heads = attn.num_heads
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     return tuple(z.reshape(b, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))  # type: ignore[return-value]
 
 
 def merge_heads(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """(B, heads, T, d) attention output -> ``out_proj`` -> (B, T, D)."""
     b, h, t, d = out.shape
-    return block.attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+    return linear_module(block.attn.out_proj, out.transpose(1, 2).reshape(b, t, h * d))
 
 
 def residual_ffn(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
