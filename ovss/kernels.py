@@ -57,3 +57,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def linear_module(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for an ``nn.Linear`` (or ``NonDynamicallyQuantizableLinear``) through :func:`linear`."""
     return linear(x, module.weight, module.bias)
+
+
+class OneDNNLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose forward goes through :func:`linear` (same parameters, same state-dict
+    keys). :func:`use_onednn_linears` turns the ``nn.Linear`` layers of a network into these."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return linear(x, self.weight, self.bias)
+
+
+def use_onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """Route every plain ``nn.Linear`` of ``module`` (timm/open_clip MLPs, projection heads) through
+    :func:`linear`, in place, and return ``module``. Subclasses of ``nn.Linear`` are left alone
+    (their forward may do more), and so are the projections ``nn.MultiheadAttention`` reads directly.
+    Nothing changes where a gradient is recorded or off the CPU (see :func:`linear`)."""
+    if ONEDNN_LINEAR:
+        for m in module.modules():
+            if type(m) is torch.nn.Linear:
+                m.__class__ = OneDNNLinear
+    return module
