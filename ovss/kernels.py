@@ -25,9 +25,15 @@ import torch.nn.functional as F
 def _available() -> bool:
     if os.environ.get("OVSS_ONEDNN_LINEAR", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
+    try:  # a private op of PyTorch's (its inductor's CPU fusion uses it): probe it once, use it only if it agrees
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
+        with torch.no_grad():
+            out = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return out.shape == (3, 5) and bool(torch.allclose(out, F.linear(x, w, b), rtol=1e-5, atol=1e-5))
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
