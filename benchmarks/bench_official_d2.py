@@ -2,7 +2,9 @@
 """The official ZSSeg, ZegFormer and CAT-Seg code at full size on CPU, timed, beside ovss on the same weights.
 
 Runs one official repository (``--method``) unchanged through detectron2 (facebookresearch/detectron2
-@ 02b5c4e, built for CPU), in float32 with ``--threads`` torch threads, on the full-size random weights of
+@ 02b5c4e on CPU; none of the three models calls its compiled ``_C`` ops -- deformable convolution, rotated
+boxes -- and ZegFormer's ``roi_align`` is torchvision's, so the source tree on ``sys.path`` and a CPU build
+run the same code), in float32 with ``--threads`` torch threads, on the full-size random weights of
 ``benchmarks/fullsize.py`` (``WORKDIR/models.json``), with the official eval config of the method's ovss
 default protocol, on ``shared/parity/astronaut.png``:
 
