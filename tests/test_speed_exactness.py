@@ -223,3 +223,14 @@ def test_onednn_linear_equals_f_linear(shape, with_bias):
     torch.testing.assert_close(xg.grad, w.sum(0).expand_as(x))
     with torch.no_grad():
         assert kernels.linear(x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16
+
+
+def test_encode_image_equals_open_clip_forward(tiny_clip):
+    """vit_dense.encode_image (the two-stage methods' crop embeddings: fused attention, oneDNN
+    products) equals open_clip's own ``visual(images)`` up to float summation order."""
+    from ovss.backbones.vit_dense import encode_image
+
+    visual = tiny_clip.model.visual
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(encode_image(visual, x), visual(x), rtol=1e-5, atol=1e-5)

@@ -201,3 +201,25 @@ def dense_features(visual: nn.Module, images: torch.Tensor, last_block: LastBloc
     x = x / x.norm(dim=-1, keepdim=True)
     b, n, e = x.shape
     return x.transpose(1, 2).reshape(b, e, grid[0], grid[1])
+
+
+def encode_image(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """CLIP's image embedding, open_clip ``VisionTransformer.forward`` of a plain CLIP ViT (CLS token
+    pooled, ``ln_post``, ``proj``) with the blocks through :func:`run_blocks` (fused attention, and
+    oneDNN products at inference): the same arithmetic up to float summation order. Towers of another
+    layout (attention pooling, average pooling, a ConvNeXt/ResNet) go through their own forward.
+
+    Args:
+        images: (B, 3, H, W) normalised images at the tower's input size.
+
+    Returns:
+        (B, E) unnormalised embeddings.
+    """
+    plain = (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
+             and hasattr(visual, "conv1") and hasattr(visual, "transformer") and visual.proj is not None
+             and not (visual.training and getattr(visual.patch_dropout, "prob", 0.0) > 0))
+    if not plain:
+        return visual(images)
+    x, _ = embed(visual, images)
+    x = run_blocks(visual, x, visual.transformer.resblocks)
+    return visual.ln_post(x[:, 0]) @ visual.proj

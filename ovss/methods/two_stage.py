@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from ..backbones.clip import LoadedCLIP, load_clip
+from ..backbones.vit_dense import encode_image
 from ..checkpoints import load_into
 from ..constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN_255, IMAGENET_STD_255, VILD_TEMPLATES
 from ..errors import InputError, ModelLoadError
@@ -314,7 +315,7 @@ def clip_image_features(clip: LoadedCLIP, crops: torch.Tensor, batch_size: int =
     normalised."""
     if len(crops) == 0:
         return crops.new_zeros(0, clip.model.text_projection.shape[-1])
-    return torch.cat([clip.model.encode_image(crops[i:i + batch_size]).float()
+    return torch.cat([encode_image(clip.model.visual, crops[i:i + batch_size]).float()
                       for i in range(0, len(crops), batch_size)])
 
 
