@@ -4,7 +4,7 @@ PyTorch runs a float32 ``F.linear`` on the CPU as MKL's ``sgemm``. On AMD CPUs M
 its fastest paths: on the project's AMD EPYC Zen 4 box (AVX-512, 2 threads) the ViT-B/16 shapes of
 a 4-window sliding window (788 x 768 by 768 x {768, 2304, 3072}, 788 x 3072 by 3072 x 768) run at
 107-157 GFLOP/s through MKL and at 172-189 GFLOP/s through oneDNN (the library PyTorch already
-ships for its convolutions), which makes SCLIP's warm predict ~20% faster there
+ships for its convolutions), which takes SCLIP's warm predict from 1.21 s to 1.02 s there
 (``benchmarks/RESULTS.md``). oneDNN computes the same float32 products with float32 accumulation
 (no reduced-precision mode is enabled); results differ from MKL's by summation order only
 (~1e-6 relative).
