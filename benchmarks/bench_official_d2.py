@@ -207,7 +207,7 @@ def with_head_version(src: Path, dst: Path) -> Path:
 
     if newer(dst, src):
         return dst
-    obj = torch.load(str(src), map_location="cpu", weights_only=False)
+    obj = torch.load(str(src), map_location="cpu", weights_only=True)
     sd = collections.OrderedDict(obj["model"])
     sd._metadata = collections.OrderedDict({"sem_seg_head": {"version": 2}})  # type: ignore[attr-defined]
     torch.save({"model": sd}, str(dst) + ".tmp")
@@ -222,7 +222,7 @@ def read_tensors(path: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
     return obj["model"] if isinstance(obj, dict) and "model" in obj else obj
 
 
